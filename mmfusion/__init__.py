@@ -1,0 +1,1 @@
+"""mmfusion: multimodal deep learning in JAX/Flax."""

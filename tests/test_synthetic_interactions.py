@@ -1,0 +1,102 @@
+"""The synthetic_interactions builder: mechanisms, determinism, batches."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mmfusion.data import pipeline
+from mmfusion.data import synthetic_interactions as si
+from mmfusion import errors
+
+TINY = {'num_train': 64, 'num_validation': 20, 'num_test': 20}
+
+
+def _config(name, data_dir, **overrides):
+  return ml_collections.ConfigDict({
+      'name': f'synthetic_interactions/{name}', 'data_dir': data_dir,
+      'overrides': {**TINY, **overrides}})
+
+
+def _latents(name, n=2000):
+  config = {c.name: c for c in si.SyntheticInteractions.BUILDER_CONFIGS}[name]
+  return si.latents(config, n, np.random.default_rng(0))
+
+
+def test_redundancy_shares_the_label_with_every_modality():
+  y, z = _latents('redundancy_3mod')
+  for m in ('image', 'text', 'tabular'):
+    np.testing.assert_array_equal(z[m], y)
+
+
+def test_uniqueness_gives_the_label_to_one_modality_only():
+  y, z = _latents('uniqueness_text')
+  np.testing.assert_array_equal(z['text'], y)
+  assert np.mean(z['image'] == y) < 0.2  # chance is 0.1
+
+
+def test_synergy_label_is_the_sum_mod_c_and_unknowable_from_one_modality():
+  y, z = _latents('synergy_3mod', n=20_000)
+  np.testing.assert_array_equal(y, (z['image'] + z['text'] + z['tabular']) % 10)
+  for m in z:  # the best guess of y from one latent stays at chance (0.1)
+    table = np.histogram2d(z[m], y, bins=10)[0]
+    assert table.max(axis=1).sum() / len(y) < 0.12
+
+
+def test_mixture_draws_every_mechanism():
+  y, z = _latents('mixture', n=5000)
+  both, only_image = np.mean((z['image'] == y) & (z['text'] == y)), np.mean(
+      (z['image'] == y) & (z['text'] != y))
+  assert 0.15 < both < 0.35 and 0.15 < only_image < 0.35
+
+
+def test_build_is_deterministic_and_readable(data_dir, tmp_path):
+  first = pipeline.get_builder(_config('synergy', data_dir))
+  second = pipeline.get_builder(_config('synergy', str(tmp_path)))
+  for b in (first, second):
+    pipeline.prepare(b)
+  a, b = (x.as_data_source(split='train') for x in (first, second))
+  assert len(a) == TINY['num_train']
+  for i in (0, 17, 63):
+    np.testing.assert_array_equal(a[i]['image'], b[i]['image'])
+    assert a[i]['label'] == b[i]['label']
+  assert a[0]['image'].shape == (100,) and a[0]['text'].shape == (50,)
+
+
+def test_batches_follow_the_contract_and_resume(data_dir):
+  builder = pipeline.get_builder(_config('redundancy', data_dir))
+  pipeline.prepare(builder)
+  source = builder.as_data_source(split='train')
+  make = lambda: iter(pipeline.train_batches(
+      source, batch_size=16, seed=3, modalities=('image', 'text')))
+  it = make()
+  batch = next(it)
+  assert batch['image'].shape == (16, 100) and batch['label'].dtype == np.int32
+  assert batch['present/text'].dtype == np.bool_ and batch['present/text'].all()
+  for _ in range(5):  # cross an epoch boundary (64 examples = 4 batches)
+    next(it)
+  state, expected = it.get_state(), next(it)
+  resumed = make()
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)['image'], expected['image'])
+
+
+def test_eval_batches_cover_each_example_once(data_dir):
+  builder = pipeline.get_builder(_config('redundancy', data_dir))
+  pipeline.prepare(builder)
+  source = builder.as_data_source(split='test')
+  labels = [b['label'][b['valid']] for b in pipeline.eval_batches(
+      source, batch_size=8, modalities=('image',))]
+  assert sum(len(l) for l in labels) == TINY['num_test']
+  np.testing.assert_array_equal(np.concatenate(labels),
+                                [source[i]['label'] for i in range(20)])
+
+
+@pytest.mark.parametrize('data, message', [
+    ({'name': 'nope/x'}, "unknown dataset 'nope'"),
+    ({'name': 'synthetic_interactions/nope'}, 'unknown synthetic_interactions config'),
+    ({'name': 'synthetic_interactions/synergy', 'overrides': {'nosie': 1.0}},
+     "has ['nosie']"),
+])
+def test_bad_data_config_is_one_sentence(data, message):
+  with pytest.raises(errors.UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
+    pipeline.get_builder(ml_collections.ConfigDict(data))
