@@ -1,0 +1,63 @@
+"""The seed model on `synthetic_interactions`.
+
+image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
++ ReLU; concatenate; Dense(10).
+
+  --config=experiments/configs/seed.py               redundancy (default)
+  --config=experiments/configs/seed.py:synergy       another mechanism
+  --config=experiments/configs/seed.py:synergy,runlocal   a seconds-long run
+  --config.model.fusion=tensor                       another fusion method
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = ''):
+  """`arg`: comma-separated; a synthetic_interactions config name, `runlocal`."""
+  args = [a for a in (arg or '').split(',') if a]
+  variant = next((a for a in args if a != 'runlocal'), 'redundancy')
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128
+  config.total_steps = 1500
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.log_every = 100
+  config.num_devices = 0  # 0: every visible device
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = f'synthetic_interactions/{variant}'
+  config.data.modalities = ('image', 'text')
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.overrides = {}  # builder-config fields, e.g. {'noise': 2.0}
+
+  config.model = ml_collections.ConfigDict()
+  config.model.fusion = 'concat'
+  config.model.fusion_kwargs = {}
+  config.model.encoders = {
+      'image': {'name': 'mlp', 'features': 64},
+      'text': {'name': 'mlp', 'features': 64},
+  }
+  config.model.early_encoder = {'name': 'mlp', 'features': 64}
+  config.model.head_hidden = ()
+  config.model.dtype = 'float32'
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 100
+  config.optimizer.final_lr_fraction = 0.01
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+
+  if 'runlocal' in args:
+    config.total_steps = 60
+    config.eval_every = 30
+    config.checkpoint_every = 30
+    config.log_every = 10
+    config.optimizer.warmup_steps = 10
+    config.data.overrides = {'num_train': 512, 'num_validation': 128,
+                             'num_test': 128}
+  return config

@@ -1,0 +1,46 @@
+"""The encoder registry: one entry per config value `model.encoders.<m>.name`.
+
+Every encoder maps one modality's batch array to `(tokens_BxTxD, mask_BxT)`,
+with `D == features` and `mask` True for real tokens; a pooled encoder gives
+one token. See each module's docstring for its input and the paper it follows.
+"""
+
+import flax.linen as nn
+
+from mmfusion import options
+
+from mmfusion.encoders import audio
+from mmfusion.encoders import image
+from mmfusion.encoders import series
+from mmfusion.encoders import text
+from mmfusion.encoders import vector
+from mmfusion.encoders import video
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    # vectors and tabular records [B, F]
+    'mlp': vector.Mlp,
+    # images [B, H, W, C]
+    'cnn': image.Cnn,
+    'resnet': image.ResNet,
+    'vit': image.ViT,
+    # token ids [B, L], 0 = padding
+    'gru': text.TextGru,
+    'lstm': text.TextLstm,
+    'text_transformer': text.TextTransformer,
+    # waveforms [B, S]
+    'audio_cnn': audio.AudioCnn,
+    'audio_transformer': audio.AudioTransformer,
+    # videos [B, F, H, W, C]
+    'video_pool': video.VideoPool,
+    'video_transformer': video.VideoTransformer,
+    'tubelet': video.Tubelet,
+    # time series [B, T, F]
+    'tcn': series.Tcn,
+    'series_gru': series.SeriesGru,
+}
+
+
+def make_encoder(name: str, *, module_name: str | None = None,
+                 **kwargs) -> nn.Module:
+  """The encoder registered as `name`, built with the config's options."""
+  return options.build('encoder', name, ENCODERS, kwargs, module_name)
