@@ -38,8 +38,9 @@ def identity(config_dict: dict) -> dict:
 class Checkpointer:
   """A CheckpointManager under `workdir/checkpoints` for one experiment."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  def __init__(self, workdir: str, *, max_to_keep: int = 3,
+               subdir: str = 'checkpoints'):
+    self.directory = os.path.join(os.path.abspath(workdir), subdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_names=('state', 'data', 'config'),
@@ -49,14 +50,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def check_compatible(self, config_dict: dict):
-    """Refuses, in one sentence, a workdir saved by another experiment."""
-    step = self.latest_step()
-    if step is None:
-      return
-    saved = self.manager.restore(
+  def _saved_config(self, step: int) -> dict:
+    return self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-    before, now = identity(saved), identity(config_dict)
+
+  def check_compatible(self, config_dict: dict, step: int):
+    """Refuses, in one sentence, a checkpoint saved by another experiment."""
+    before, now = identity(self._saved_config(step)), identity(config_dict)
     diffs = [f'{k}: {before.get(k)!r} there, {now.get(k)!r} now'
              for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if diffs:
@@ -65,6 +65,44 @@ class Checkpointer:
           f'experiment ({"; ".join(diffs[:3])}); pass a new --workdir, or the '
           f'same config to resume it.')
 
+  def restore_latest(self, abstract_state, config_dict: dict):
+    """(step, state, data_state) of the newest checkpoint that reads back.
+
+    A damaged checkpoint (half-written, truncated, unreadable) is moved to
+    `damaged_checkpoints/` beside `checkpoints/`, said so, and the next older
+    one is tried, so a run never crash-loops on it. Returns (None, None, None)
+    when there is nothing to resume.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        self.check_compatible(config_dict, step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore()))
+        return step, restored['state'], restored['data']
+      except errors.UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        moved = self._quarantine(step)
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        print(f'Checkpoint step {step} is damaged ({reason}); moved it to '
+              f'{moved} and falling back to an older one.', flush=True)
+    return None, None, None
+
+  def _quarantine(self, step: int) -> str:
+    """Moves a damaged step out of the manager's sight; nothing is deleted."""
+    target = os.path.join(os.path.dirname(self.directory),
+                          'damaged_checkpoints', str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      suffix = 0
+      while os.path.exists(target + (f'.{suffix}' if suffix else '')):
+        suffix += 1
+      target += f'.{suffix}' if suffix else ''
+      os.rename(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    return target
+
   def save(self, step: int, state, data_state: dict, config_dict: dict,
            force: bool = False):
     self.manager.save(step, args=ocp.args.Composite(
@@ -72,19 +110,6 @@ class Checkpointer:
         data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(json.loads(json.dumps(config_dict, default=list)))),
         force=force)
-
-  def restore(self, step: int, abstract_state):
-    """(state, data_state) of `step`, placed like `abstract_state`."""
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise errors.UserError(
-          f'the checkpoint at step {step} in {self.directory} does not fit '
-          f'this model ({str(e).splitlines()[0][:200]}); pass a new --workdir.'
-      ) from None
-    return restored['state'], restored['data']
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -1,8 +1,12 @@
-"""The device mesh and where arrays live on it.
+"""The device mesh, where arrays live on it, and multi-host start-up.
 
-One mesh axis, `data`: batches are split along it and parameters are
-replicated. The same code runs on one CPU, fake CPU devices, a GPU box or a TPU
-pod; multi-host batches are assembled from each process's local part.
+Mesh axes `data` and `model`. Batches are split along `data`. Parameters and
+optimizer state are replicated (data parallel), or, with `fsdp`, every array of
+at least `fsdp_min_size` elements is split along `data` on its largest axis
+that divides evenly (FSDP / ZeRO-3 style): XLA gathers it where a layer needs
+it. The rule is applied to the abstract state at creation, so the state is born
+sharded (`jax.jit(init, out_shardings=...)`). The same code runs on one CPU,
+fake CPU devices, a GPU box or a TPU pod.
 """
 
 import jax
@@ -12,16 +16,36 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from mmfusion import errors
 
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-  """A `data` mesh over the first `num_devices` devices (0 means all)."""
+def initialize_distributed(coordinator_address: str, num_processes: int,
+                           process_id: int, auto: bool = False):
+  """Joins a multi-process run (one process per host) before JAX starts."""
+  if auto:  # TPU pods, SLURM, Open MPI, ...: JAX reads the cluster's env.
+    jax.distributed.initialize()
+  elif num_processes > 1:
+    if not coordinator_address:
+      raise errors.UserError(
+          f'--num_processes={num_processes} needs --coordinator_address='
+          f'HOST:PORT of process 0, the same on every process.')
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+
+
+def make_mesh(num_devices: int = 0, model_parallel: int = 1) -> Mesh:
+  """A (`data`, `model`) mesh over the first `num_devices` devices (0: all)."""
   available = jax.device_count()
   n = num_devices or available
   if n > available:
     raise errors.UserError(
         f'num_devices={n} but only {available} devices are visible; pass '
         f'--config.num_devices={available} or fewer (0 uses all).')
-  return jax.make_mesh((n,), ('data',), devices=jax.devices()[:n],
-                       axis_types=(AxisType.Auto,))
+  if n % model_parallel:
+    raise errors.UserError(
+        f'mesh.model={model_parallel} does not divide {n} devices; pass a '
+        f'divisor of {n}.')
+  return jax.make_mesh((n // model_parallel, model_parallel), ('data', 'model'),
+                       devices=jax.devices()[:n],
+                       axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -33,14 +57,35 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def fsdp_spec(shape, data_size: int, min_size: int) -> P:
+  """Split the largest axis that `data_size` divides, if the array is big."""
+  if data_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % data_size == 0:
+      return P(*[None] * axis, 'data')
+  return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh, *, fsdp: bool = False,
+                    fsdp_min_size: int = 2**14):
+  """A NamedSharding for every leaf of `abstract_state` (a ShapeDtypeStruct tree)."""
+  def rule(x):
+    if not fsdp:
+      return replicated(mesh)
+    return NamedSharding(mesh, fsdp_spec(x.shape, mesh.shape['data'],
+                                         fsdp_min_size))
+  return jax.tree.map(rule, abstract_state)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh):
   """The global batch must split evenly over devices and processes."""
   n = mesh.shape['data']
   if batch_size % n or batch_size % jax.process_count():
     raise errors.UserError(
-        f'batch_size={batch_size} does not divide over {n} devices; pass '
-        f'--config.batch_size={max(n, batch_size // n * n)} or another '
-        f'multiple of {n}.')
+        f'batch_size={batch_size} does not divide over {n} data-parallel '
+        f'devices; pass --config.batch_size={max(n, batch_size // n * n)} or '
+        f'another multiple of {n}.')
 
 
 def to_global(local_batch, mesh: Mesh):

@@ -1,14 +1,13 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`.
 
-The pure core is `train_step(state, batch, *, model, tx)` and
-`eval_step(params, batch, *, model)`; the loop around them places data on the
-mesh, logs, evaluates and checkpoints. Randomness of step s is
-`fold_in(state.rng, s)`, so a resumed run draws what an uninterrupted one does.
+The pure core is `train_step(state, batch, *, model, tx)`; the loop around it
+places data on the mesh, logs, evaluates, checkpoints and handles preemption.
+Randomness of step s is `fold_in(state.rng, s)`, so a resumed run draws what an
+uninterrupted one does.
 """
 
 import json
 import os
-import time
 import uuid
 
 import flax
@@ -17,10 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from mmfusion import checkpoint as checkpoint_lib
-from mmfusion import errors, metrics, models, reporting, sharding
+from mmfusion import errors, evaluate, models, preemption, reporting, sharding
 from mmfusion.data import pipeline
 
 
@@ -33,7 +31,7 @@ class TrainState:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay (optionally clipped)."""
+  """AdamW with linear warmup and cosine decay, optionally clipped."""
   opt = config.optimizer
   if opt.name != 'adamw':
     raise errors.unknown_name('optimizer', opt.name, ['adamw'])
@@ -56,52 +54,69 @@ def create_train_state(model, tx, example_batch, seed: int) -> TrainState:
                     opt_state=tx.init(params), rng=train_rng)
 
 
-def cross_entropy(logits_BxC, label_B, weight_B=None):
-  """Mean softmax cross-entropy over the (weighted) batch."""
-  nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, label_B)
-  if weight_B is None:
-    return nll_B.mean()
-  return jnp.sum(nll_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+def cross_entropy(logits_BxC, label_B):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxC, label_B).mean()
 
 
-def train_step(state: TrainState, batch, *, model, tx):
-  """One AdamW update on `batch`; returns (new_state, metrics)."""
+def grad_norms(grads) -> dict:
+  """Global gradient norm and one per model part (`grad_norm/encoder_text`)."""
+  out = {'grad_norm': optax.tree.norm(grads)}
+  out.update({f'grad_norm/{part}': optax.tree.norm(g)
+              for part, g in grads.items()})
+  return out
+
+
+def train_step(state: TrainState, batch, *, model, tx, accum_steps: int = 1):
+  """One AdamW update on `batch`; returns (new_state, metrics).
+
+  With `accum_steps` > 1 the batch is cut into that many micro-batches whose
+  gradients are averaged (a scan, so memory is one micro-batch's).
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-  def loss_fn(params):
-    logits_BxC, _ = model.apply({'params': params}, batch, train=True,
-                                rngs={'dropout': dropout_rng})
-    return cross_entropy(logits_BxC, batch['label']), logits_BxC
+  def loss_fn(params, micro, rng):
+    logits_BxC, _ = model.apply({'params': params}, micro, train=True,
+                                rngs={'dropout': rng})
+    correct = jnp.mean(logits_BxC.argmax(-1) == micro['label'])
+    return cross_entropy(logits_BxC, micro['label']), correct
 
-  (loss, logits_BxC), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, accuracy), grads = grad_fn(state.params, batch, dropout_rng)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+
+    def accumulate(carry, xs):
+      i, micro_batch = xs
+      (l, a), g = grad_fn(state.params, micro_batch,
+                          jax.random.fold_in(dropout_rng, i))
+      return jax.tree.map(jnp.add, carry, (l, a, g)), None
+
+    zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, state.params))
+    (loss, accuracy, grads), _ = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(accum_steps), micro))
+    loss, accuracy, grads = jax.tree.map(lambda x: x / accum_steps,
+                                         (loss, accuracy, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  out = {'loss': loss,
-         'accuracy': jnp.mean(logits_BxC.argmax(-1) == batch['label']),
-         'grad_norm': optax.tree.norm(grads)}
+  out = {'loss': loss, 'accuracy': accuracy, **grad_norms(grads)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), out
 
 
-def eval_step(params, batch, *, model):
-  """Logits of one batch, with the labels and validity they belong to."""
-  logits_BxC, _ = model.apply({'params': params}, batch, train=False)
-  return {'logits': logits_BxC, 'label': batch['label'], 'valid': batch['valid']}
-
-
-def evaluate(eval_fn, params, source, config, mesh) -> dict:
-  """Metrics of `params` over a whole split, gathered from every process."""
-  outs = []
-  per_process = config.batch_size // jax.process_count()
-  for local in pipeline.eval_batches(
-      source, batch_size=per_process, modalities=config.data.modalities,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    out = eval_fn(params, sharding.to_global(local, mesh))
-    outs.append(multihost_utils.process_allgather(out, tiled=True))
-  cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-  valid = cat['valid'].astype(bool)
-  return metrics.classification(cat['logits'][valid], cat['label'][valid])
+def check_finite(step: int, m: dict):
+  """Stops at a step whose loss or gradients are NaN or Inf, naming the part."""
+  bad = [k for k, v in m.items() if not np.isfinite(v)]
+  if bad:
+    parts = [k.split('/', 1)[1] for k in bad if k.startswith('grad_norm/')]
+    where = f' (non-finite gradients in {", ".join(parts)})' if parts else ''
+    raise errors.UserError(
+        f'training diverged at step {step}: {", ".join(bad)} not finite'
+        f'{where}; the last good checkpoint is kept. Lower '
+        f'optimizer.learning_rate, set optimizer.grad_clip_norm, or check '
+        f'the data.')
 
 
 def _writable(workdir: str):
@@ -122,88 +137,125 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint."""
   config_dict = config.to_dict()
 
-  # ----------------------------------------------------------------- Data ---
-  models.check_config(config.model)  # names first: they fail fastest
+  # ------------------------------------------------ Checks that fail fast ---
+  models.check_config(config.model)
   builder = pipeline.get_builder(config.data)
   pipeline.check_modalities(builder, config.data.modalities)
-  num_classes = builder.info.features['label'].num_classes
-  model = models.from_config(config.model, num_classes)
+  model = models.from_config(config.model, builder.info.features['label'].num_classes)
   tx = make_optimizer(config)
-  mesh = sharding.make_mesh(config.get('num_devices', 0))
+  mesh = sharding.make_mesh(config.get('num_devices', 0),
+                            config.get('mesh_model', 1))
   sharding.check_batch_size(config.batch_size, mesh)
-
-  # --------------------------------------------- Workdir and checkpoints ---
+  accum = config.get('grad_accum_steps', 1)
+  if (config.batch_size // jax.process_count()) % accum:
+    raise errors.UserError(
+        f'grad_accum_steps={accum} does not divide the per-process batch of '
+        f'{config.batch_size // jax.process_count()}; pick a divisor.')
   _writable(workdir)
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get(
-      'keep_checkpoints', 3))
-  ckpt.check_compatible(config_dict)
+
+  # ----------------------------------------------------------------- Data ---
   pipeline.prepare(builder)
   sources = {s: builder.as_data_source(split=s)
              for s in ('train', 'validation', 'test')}
   per_process = config.batch_size // jax.process_count()
+  spec = pipeline.batch_spec(builder, config.data.modalities, per_process)
   train_iter = iter(pipeline.train_batches(
       sources['train'], batch_size=per_process, seed=config.seed,
       modalities=config.data.modalities, process_index=jax.process_index(),
       process_count=jax.process_count()))
 
-  # ---------------------------------------------------------------- Model ---
-  example = next(pipeline.eval_batches(
-      sources['validation'], batch_size=per_process,
-      modalities=config.data.modalities))
-  example = jax.tree.map(lambda x: x[:1], example)
-  replicated = sharding.replicated(mesh)
-  state = jax.jit(lambda: create_train_state(model, tx, example, config.seed),
-                  out_shardings=replicated)()
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(start, checkpoint_lib.abstract(state))
+  # ------------------------------------------------- Model and its state ---
+  example = {k: np.zeros((1,) + shape[1:], dtype)
+             for k, (shape, dtype) in spec.items()}
+  init = lambda: create_train_state(model, tx, example, config.seed)
+  abstract = jax.eval_shape(init)
+  state_sharding = sharding.state_shardings(
+      abstract, mesh, fsdp=config.get('fsdp', False),
+      fsdp_min_size=config.get('fsdp_min_size', 2**14))
+  ckpt = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=config.get('keep_checkpoints', 3))
+  start, state, data_state = ckpt.restore_latest(
+      jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                   abstract, state_sharding), config_dict)
+  if start is None:
+    state = jax.jit(init, out_shardings=state_sharding)()
+  else:
     train_iter.set_state(data_state)
     print(f'Resuming from step {start} of {ckpt.directory}.', flush=True)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   # --------------------------------------------------------- Update step ---
+  replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  update = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx),
-                   in_shardings=(replicated, batch_sharding),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model),
-                    in_shardings=(replicated, batch_sharding))
+  update = jax.jit(
+      lambda s, b: train_step(s, b, model=model, tx=tx, accum_steps=accum),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_fn = jax.jit(lambda p, b: evaluate.eval_step(p, b, model=model),
+                    in_shardings=(state_sharding.params, batch_sharding))
 
   # ----------------------------------------------------------------- Loop ---
   writer = reporting.MetricWriter(workdir)
+  best = _Best(workdir, config)
   step = int(state.step)
   progress = reporting.Progress(config.total_steps, config.batch_size, step)
   log_every = config.get('log_every', 50)
-  pending = []
-  while step < config.total_steps:
-    state, out = update(state, sharding.to_global(next(train_iter), mesh))
-    step += 1
-    pending.append(out)
-    if step % log_every == 0 or step == config.total_steps:
-      logged = {k: float(np.mean([o[k] for o in jax.device_get(pending)]))
-                for k in ('loss', 'accuracy', 'grad_norm')}
-      pending = []
-      _check_finite(step, logged)
-      writer.write(step, 'train', logged)
-      progress.update(step, logged)
-    if step % config.eval_every == 0 and step < config.total_steps:
-      writer.write(step, 'validation',
-                   evaluate(eval_fn, state.params, sources['validation'],
-                            config, mesh))
-      progress.restart(step)
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
-      ckpt.save(step, state, train_iter.get_state(), config_dict)
+  pending = []  # (step, device metrics) not yet checked and logged
+
+  def flush():
+    """Checks and logs `pending`; called before anything is saved."""
+    fetched = [(s, {k: float(v) for k, v in m.items()})
+               for s, m in jax.device_get(pending)]
+    pending.clear()
+    for s, m in fetched:
+      check_finite(s, m)
+      writer.write(s, 'train', m)
+    if fetched:
+      s, _ = fetched[-1]
+      progress.update(s, {k: np.mean([m[k] for _, m in fetched])
+                          for k in ('loss', 'accuracy', 'grad_norm')})
+
+  with preemption.Preemption() as preempt:
+    while step < config.total_steps:
+      batch = next(train_iter)
+      pipeline.check_batch(batch, spec)
+      state, out = update(state, sharding.to_global(batch, mesh))
+      step += 1
+      pending.append((step, out))
+      if step % log_every == 0 or step == config.total_steps:
+        flush()
+        if preempt.requested():
+          ckpt.save(step, state, train_iter.get_state(), config_dict, force=True)
+          ckpt.wait()
+          print(f'Preempted (SIGTERM) at step {step}: checkpoint saved; run '
+                f'the same command again to resume.', flush=True)
+          return {'preempted': True, 'step': step}
+      if step % config.eval_every == 0 and step < config.total_steps:
+        flush()
+        val = evaluate.evaluate(eval_fn, state.params, sources['validation'],
+                                config, mesh)
+        writer.write(step, 'validation', val)
+        best.update(step, val, state, train_iter.get_state(), config_dict)
+        progress.restart(step)
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        flush()
+        ckpt.save(step, state, train_iter.get_state(), config_dict)
   ckpt.wait()
 
   # -------------------------------------------------------------- Results ---
-  results = {split: evaluate(eval_fn, state.params, sources[split], config, mesh)
+  results = {split: evaluate.evaluate(eval_fn, state.params, sources[split],
+                                      config, mesh, with_subsets=True)
              for split in ('validation', 'test')}
+  best.update(step, results['validation'], state, train_iter.get_state(),
+              config_dict)
   for split, m in results.items():
     writer.write(step, split, m)
   writer.close()
+  best.close()
   ckpt.close()
   summary = {**results, 'step': step, 'num_params': int(num_params),
-             'data': config.data.name, 'fusion': config.model.fusion}
+             'data': config.data.name, 'fusion': config.model.fusion,
+             'best': best.record}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(summary, f, indent=2)
@@ -211,10 +263,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def _check_finite(step: int, logged: dict):
-  """Stops at once on a non-finite loss instead of training on garbage."""
-  bad = [k for k, v in logged.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(
-        f'non-finite {", ".join(bad)} by step {step}; the last good '
-        f'checkpoint is kept. Lower optimizer.learning_rate or check the data.')
+class _Best:
+  """Keeps the checkpoint with the best validation `config.best_metric`."""
+
+  def __init__(self, workdir: str, config):
+    self.metric = config.get('best_metric', 'accuracy')
+    self.mode = config.get('best_mode', 'max')
+    self.path = os.path.join(workdir, 'best', 'best.json')
+    self.ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=1,
+                                            subdir='best')
+    self.record = None
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.record = json.load(f)
+
+  def update(self, step, validation: dict, state, data_state, config_dict):
+    value = validation[self.metric]
+    if self.record is not None:
+      old = self.record['value']
+      better = value > old if self.mode == 'max' else value < old
+      if self.record['step'] == step or not better:
+        return
+    self.ckpt.save(step, state, data_state, config_dict)
+    self.ckpt.wait()
+    self.record = {'step': step, 'metric': self.metric, 'value': value}
+    if jax.process_index() == 0:
+      with open(self.path, 'w') as f:
+        json.dump(self.record, f)
+
+  def close(self):
+    self.ckpt.close()

@@ -26,3 +26,43 @@ def tiny_config(data_dir: str, variant: str = 'uniqueness_image', **overrides):
 def read_metrics(workdir: str, split: str = 'train'):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = (
+    '--config=experiments/configs/seed.py:uniqueness_image,runlocal',
+    '--config.batch_size=16', '--config.log_every=1',
+    '--config.optimizer.warmup_steps=2', '--compilation_cache=',
+    f'--config.data.overrides={TINY_DATA!r}')
+
+
+def main_command(workdir: str, data_dir: str, *flags):
+  """argv of `python -m mmfusion.main` on the tiny config."""
+  import sys
+  return [sys.executable, '-m', 'mmfusion.main', f'--workdir={workdir}',
+          *TINY_FLAGS, f'--config.data.data_dir={data_dir}', *flags]
+
+
+def subprocess_env(devices: int = 1):
+  """Environment of a child run with `devices` fake CPU devices."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} '
+                       '--xla_backend_optimization_level=0'}
+
+
+def final_params(workdir: str, step: int | None = None):
+  """Parameters of a run's checkpoint (latest by default) as numpy arrays."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints')
+  with ocp.CheckpointManager(path) as manager:
+    step = manager.latest_step() if step is None else step
+  # Read as host numpy arrays, whatever devices wrote them.
+  with ocp.PyTreeCheckpointer() as reader:
+    meta = reader.metadata(os.path.join(path, str(step), 'state')).item_metadata
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            meta.tree)
+    state = reader.restore(os.path.join(path, str(step), 'state'),
+                           args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  return state['params']

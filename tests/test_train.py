@@ -6,28 +6,23 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mmfusion import train
-from tests.helpers import read_metrics, tiny_config
-
-
-def _final_state(workdir: str, step: int):
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                             item_names=('state',)) as manager:
-    return manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+from tests.helpers import final_params, read_metrics, tiny_config
 
 
 def test_run_writes_its_workdir(tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
   summary = train.train_and_evaluate(tiny_config(data_dir), workdir)
   assert sorted(os.listdir(workdir)) == [
-      'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard']
+      'best', 'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard']
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
   assert results['step'] == 12 and results['test']['examples'] == 64
+  for subset in ('image', 'text'):  # scored with only some modalities present
+    assert 0 <= results['test'][f'accuracy/{subset}'] <= 1
+  assert results['best']['metric'] == 'accuracy'
   # image 100 -> 64, text 50 -> 64, concat 128 -> 10: the seed model, plus
   # concat's learned stand-ins for a missing modality (64 each).
   assert results['num_params'] == (
@@ -47,8 +42,7 @@ def test_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, data_dir):
   for step in ('8', '12'):  # as if the run had died just after step 4's save
     shutil.rmtree(os.path.join(broken, 'checkpoints', step))
   train.train_and_evaluate(config, broken)
-  expected, got = _final_state(whole, 12), _final_state(broken, 12)
-  assert int(got['step']) == 12
+  expected, got = final_params(whole, 12), final_params(broken, 12)
   jax.tree.map(np.testing.assert_array_equal, expected, got)
   resumed = read_metrics(broken)[-8:]  # steps 5..12 of the second attempt
   assert [r['step'] for r in resumed] == list(range(5, 13))

@@ -6,6 +6,8 @@ image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
   --config=experiments/configs/seed.py               redundancy (default)
   --config=experiments/configs/seed.py:synergy       another mechanism
   --config=experiments/configs/seed.py:synergy,runlocal   a seconds-long run
+  --config=experiments/configs/seed.py:redundancy_3mod    names ending in _3mod
+      add tabular features (20-d) -> Dense(64) + ReLU as a third modality
   --config.model.fusion=tensor                       another fusion method
 """
 
@@ -24,6 +26,13 @@ def get_config(arg: str = ''):
   config.checkpoint_every = 500
   config.log_every = 100
   config.num_devices = 0  # 0: every visible device
+  config.mesh_model = 1  # devices on the mesh's `model` axis
+  config.fsdp = False  # shard params + optimizer state over `data`
+  config.fsdp_min_size = 2**14  # arrays smaller than this stay replicated
+  config.grad_accum_steps = 1  # micro-batches per step (same global batch)
+  config.keep_checkpoints = 3
+  config.best_metric = 'accuracy'  # validation metric of the kept best/
+  config.best_mode = 'max'
 
   config.data = ml_collections.ConfigDict()
   config.data.name = f'synthetic_interactions/{variant}'
@@ -38,6 +47,9 @@ def get_config(arg: str = ''):
       'image': {'name': 'mlp', 'features': 64},
       'text': {'name': 'mlp', 'features': 64},
   }
+  if variant.endswith('_3mod'):
+    config.data.modalities += ('tabular',)
+    config.model.encoders['tabular'] = {'name': 'mlp', 'features': 64}
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = ()
   config.model.dtype = 'float32'

@@ -17,6 +17,8 @@ import json
 import math
 
 import grain
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -67,8 +69,16 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
 
 
 def prepare(builder):
-  """Builds the dataset's array_record files once; later calls only read."""
-  builder.download_and_prepare(file_format='array_record')
+  """Builds the dataset's array_record files once; later calls only read.
+
+  In a multi-process run process 0 builds while the others wait, so no two
+  processes write the same files.
+  """
+  if jax.process_index() == 0:
+    builder.download_and_prepare(file_format='array_record')
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'prepare {builder.info.full_name}')
+    builder.download_and_prepare(file_format='array_record')
 
 
 def check_modalities(builder, modalities):
@@ -92,9 +102,19 @@ def _to_batch(examples, modalities):
 
 def train_batches(source, *, batch_size: int, seed: int, modalities,
                   process_index: int = 0, process_count: int = 1):
-  """Endless per-process batches of `batch_size`, reshuffled every epoch."""
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-  ds = ds[process_index::process_count]  # each process its own examples
+  """Endless per-process batches of `batch_size`, reshuffled every epoch.
+
+  Global batch g is elements [g*G, (g+1)*G) of one shuffled stream (G =
+  batch_size * process_count) and process p reads rows [p*L, (p+1)*L) of it,
+  so any number of processes trains on exactly the batches one process would.
+  """
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  local, global_ = batch_size, batch_size * process_count
+
+  def example(i):  # i-th example this process reads
+    return stream[(i // local) * global_ + process_index * local + i % local]
+
+  ds = grain.MapDataset.range(len(stream)).map(example)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
   ds = ds.map(lambda examples: _to_batch(examples, modalities))
   return ds.to_iter_dataset(
@@ -114,3 +134,34 @@ def eval_batches(source, *, batch_size: int, modalities,
                       modalities)
     batch['valid'] = valid
     yield batch
+
+
+def batch_spec(builder, modalities, batch_size: int) -> dict:
+  """{key: (shape, dtype)} that every per-process batch must have."""
+  features = builder.info.features
+  spec = {m: ((batch_size,) + tuple(features[m].shape),
+              np.dtype(features[m].np_dtype)) for m in modalities}
+  spec['label'] = ((batch_size,), np.dtype(np.int32))
+  for m in modalities:
+    spec[f'present/{m}'] = ((batch_size,), np.dtype(np.bool_))
+  return spec
+
+
+def check_batch(batch: dict, spec: dict):
+  """Fails in one sentence on a batch that does not fit the model's inputs."""
+  extra = sorted(set(batch) - set(spec) - {'valid'})
+  if extra:
+    raise errors.UserError(
+        f'the batch has {extra}, which config.data.modalities '
+        f'({[k for k in spec if "/" not in k and k != "label"]}) does not '
+        f'list; add them there or drop them from the data.')
+  for key, (shape, dtype) in spec.items():
+    if key not in batch:
+      raise errors.UserError(
+          f'the batch has no {key!r}; the data must provide it (modalities '
+          f'come from config.data.modalities).')
+    x = np.asarray(batch[key])
+    if x.shape != shape or x.dtype != dtype:
+      raise errors.UserError(
+          f'batch {key!r} is {x.dtype}{list(x.shape)} but the model was built '
+          f'for {dtype}{list(shape)}; fix the data pipeline or the config.')
