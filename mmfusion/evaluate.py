@@ -40,8 +40,11 @@ def only(batch, kept):
 
 
 def evaluate(eval_fn, params, source, config, mesh, *,
-             with_subsets: bool = False) -> dict:
-  """Metrics of `params` over a whole split, gathered from every process."""
+             with_subsets: bool = False):
+  """Metrics of `params` over a whole split, gathered from every process.
+
+  A dict, or one dict per member when `eval_fn` is vmapped over members.
+  """
   kept_sets = subsets(config.data.modalities) if with_subsets else [None]
   outs = {kept: [] for kept in kept_sets}
   per_process = config.batch_size // jax.process_count()
@@ -52,14 +55,19 @@ def evaluate(eval_fn, params, source, config, mesh, *,
       batch = local if kept is None else only(local, kept)
       out = eval_fn(params, sharding.to_global(batch, mesh))
       outs[kept].append(multihost_utils.process_allgather(out, tiled=True))
-  results = {}
+  members = outs[kept_sets[0]][0]['logits'].ndim == 3  # vmapped: [K, B, C]
+  results = [{} for _ in range(
+      outs[kept_sets[0]][0]['logits'].shape[0] if members else 1)]
   for i, kept in enumerate(kept_sets):
-    cat = {k: np.concatenate([o[k] for o in outs[kept]]) for k in outs[kept][0]}
+    cat = {k: np.concatenate([o[k] for o in outs[kept]], axis=-1 if k != 'logits'
+                             else -2) for k in outs[kept][0]}
     valid = cat['valid'].astype(bool)
-    m = metrics.classification(cat['logits'][valid], cat['label'][valid])
-    if i == 0:  # the full set: plain metric names
-      results.update(m)
-    else:
-      results.update({f'{k}/{"+".join(kept)}': v for k, v in m.items()
-                      if k != 'examples'})
-  return results
+    logits = cat['logits'] if members else cat['logits'][None]
+    for r, logits_NxC in zip(results, logits):
+      m = metrics.classification(logits_NxC[valid], cat['label'][valid])
+      if i == 0:  # the full set: plain metric names
+        r.update(m)
+      else:
+        r.update({f'{k}/{"+".join(kept)}': v for k, v in m.items()
+                  if k != 'examples'})
+  return results if members else results[0]

@@ -22,15 +22,20 @@ class MetricWriter:
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
-  def write(self, step: int, split: str, metrics: dict):
+  def write(self, step: int, split: str, metrics: dict,
+            member: int | None = None):
+    """One event; `member` is the index of a vmapped seed / value, if any."""
     if not self.active:
       return
     record = {'step': int(step), 'split': split}
+    tag = split
+    if member is not None:
+      record['member'], tag = member, f'{split}/member{member}'
     record.update({k: float(v) for k, v in metrics.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     for k, v in metrics.items():
-      self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+      self._tb.add_scalar(f'{tag}/{k}', float(v), int(step))
     self._tb.flush()
 
   def close(self):

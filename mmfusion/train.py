@@ -28,6 +28,7 @@ class TrainState:
   params: dict
   opt_state: optax.OptState
   rng: jax.Array  # raw uint32[2] key: folded with the step for dropout
+  lr_scale: jax.Array  # multiplies the schedule: a vmapped lr sweep's value
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -47,11 +48,37 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return tx
 
 
-def create_train_state(model, tx, example_batch, seed: int) -> TrainState:
+def create_train_state(model, tx, example_batch, seed,
+                       lr_scale=1.0) -> TrainState:
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = model.init({'params': init_rng}, example_batch, train=False)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), rng=train_rng)
+                    opt_state=tx.init(params), rng=train_rng,
+                    lr_scale=jnp.asarray(lr_scale, jnp.float32))
+
+
+def members(config):
+  """(seeds [K], lr_scales [K]) of the K runs that `config.vmap` trains at once.
+
+  `vmap.key == 'seed'`: seeds config.seed .. config.seed + K - 1. `vmap.key ==
+  'optimizer.learning_rate'`: one seed, `vmap.values` as peak learning rates
+  (AdamW's update is linear in the learning rate, so a scale is exact).
+  """
+  vmap = config.get('vmap') or {}
+  k, key = vmap.get('size', 1), vmap.get('key', 'seed')
+  if key == 'seed':
+    return np.arange(config.seed, config.seed + k), np.ones(k, np.float32)
+  if key == 'optimizer.learning_rate':
+    values = tuple(vmap.get('values') or ())
+    if len(values) != k:
+      raise errors.UserError(
+          f'vmap.values has {len(values)} learning rates but vmap.size={k}; '
+          f'give exactly {k}.')
+    return (np.full(k, config.seed),
+            np.asarray(values, np.float32) / config.optimizer.learning_rate)
+  raise errors.UserError(
+      f'vmap.key={key!r} cannot be vmapped; use seed or '
+      f'optimizer.learning_rate.')
 
 
 def cross_entropy(logits_BxC, label_B):
@@ -100,6 +127,7 @@ def train_step(state: TrainState, batch, *, model, tx, accum_steps: int = 1):
     loss, accuracy, grads = jax.tree.map(lambda x: x / accum_steps,
                                          (loss, accuracy, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
   params = optax.apply_updates(state.params, updates)
   out = {'loss': loss, 'accuracy': accuracy, **grad_norms(grads)}
   return state.replace(step=state.step + 1, params=params,
@@ -167,7 +195,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------- Model and its state ---
   example = {k: np.zeros((1,) + shape[1:], dtype)
              for k, (shape, dtype) in spec.items()}
-  init = lambda: create_train_state(model, tx, example, config.seed)
+  seeds, lr_scales = members(config)
+  vmapped = len(seeds) > 1  # K runs in one program, each leaf [K, ...]
+  if vmapped:
+    init = lambda: jax.vmap(
+        lambda s, l: create_train_state(model, tx, example, s, l))(
+            seeds, lr_scales)
+  else:
+    init = lambda: create_train_state(model, tx, example, config.seed)
   abstract = jax.eval_shape(init)
   state_sharding = sharding.state_shardings(
       abstract, mesh, fsdp=config.get('fsdp', False),
@@ -182,38 +217,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     train_iter.set_state(data_state)
     print(f'Resuming from step {start} of {ckpt.directory}.', flush=True)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params)) // len(seeds)
 
   # --------------------------------------------------------- Update step ---
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  update = jax.jit(
-      lambda s, b: train_step(s, b, model=model, tx=tx, accum_steps=accum),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_fn = jax.jit(lambda p, b: evaluate.eval_step(p, b, model=model),
+  step_fn = lambda s, b: train_step(s, b, model=model, tx=tx,
+                                    accum_steps=accum)
+  eval_step = lambda p, b: evaluate.eval_step(p, b, model=model)
+  if vmapped:  # every member sees the same batches
+    step_fn = jax.vmap(step_fn, in_axes=(0, None))
+    eval_step = jax.vmap(eval_step, in_axes=(0, None), out_axes={
+        'logits': 0, 'label': None, 'valid': None})
+  update = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_fn = jax.jit(eval_step,
                     in_shardings=(state_sharding.params, batch_sharding))
 
   # ----------------------------------------------------------------- Loop ---
   writer = reporting.MetricWriter(workdir)
   best = _Best(workdir, config)
-  step = int(state.step)
+  step = int(np.max(state.step))  # members share the step
   progress = reporting.Progress(config.total_steps, config.batch_size, step)
   log_every = config.get('log_every', 50)
   pending = []  # (step, device metrics) not yet checked and logged
 
   def flush():
     """Checks and logs `pending`; called before anything is saved."""
-    fetched = [(s, {k: float(v) for k, v in m.items()})
-               for s, m in jax.device_get(pending)]
+    fetched = jax.device_get(pending)
     pending.clear()
     for s, m in fetched:
-      check_finite(s, m)
-      writer.write(s, 'train', m)
+      for k, one in enumerate(_split_members(m, vmapped)):
+        check_finite(s, one)
+        writer.write(s, 'train', one, member=k if vmapped else None)
     if fetched:
-      s, _ = fetched[-1]
-      progress.update(s, {k: np.mean([m[k] for _, m in fetched])
-                          for k in ('loss', 'accuracy', 'grad_norm')})
+      progress.update(fetched[-1][0], {
+          k: float(np.mean([m[k] for _, m in fetched]))
+          for k in ('loss', 'accuracy', 'grad_norm')})
 
   with preemption.Preemption() as preempt:
     while step < config.total_steps:
@@ -234,8 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         flush()
         val = evaluate.evaluate(eval_fn, state.params, sources['validation'],
                                 config, mesh)
-        writer.write(step, 'validation', val)
-        best.update(step, val, state, train_iter.get_state(), config_dict)
+        _write(writer, step, 'validation', val)
+        best.update(step, _mean(val), state, train_iter.get_state(),
+                    config_dict)
         progress.restart(step)
       if step % config.checkpoint_every == 0 or step == config.total_steps:
         flush()
@@ -246,21 +287,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {split: evaluate.evaluate(eval_fn, state.params, sources[split],
                                       config, mesh, with_subsets=True)
              for split in ('validation', 'test')}
-  best.update(step, results['validation'], state, train_iter.get_state(),
-              config_dict)
+  best.update(step, _mean(results['validation']), state,
+              train_iter.get_state(), config_dict)
   for split, m in results.items():
-    writer.write(step, split, m)
+    _write(writer, step, split, m)
   writer.close()
   best.close()
   ckpt.close()
-  summary = {**results, 'step': step, 'num_params': int(num_params),
-             'data': config.data.name, 'fusion': config.model.fusion,
-             'best': best.record}
+  summary = {split: _mean(m) for split, m in results.items()}
+  if vmapped:
+    summary['members'] = [
+        {'member': k, 'seed': int(seeds[k]),
+         'learning_rate': float(lr_scales[k] * config.optimizer.learning_rate),
+         **{split: m[k] for split, m in results.items()}}
+        for k in range(len(seeds))]
+  summary.update(step=step, num_params=int(num_params), data=config.data.name,
+                 fusion=config.model.fusion, best=best.record)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(summary, f, indent=2)
-    print(reporting.table(results), flush=True)
+    print(reporting.table({s: summary[s] for s in results}), flush=True)
   return summary
+
+
+def _split_members(m: dict, vmapped: bool):
+  """Per-member float dicts of one step's (possibly [K]-shaped) metrics."""
+  if not vmapped:
+    return [{k: float(v) for k, v in m.items()}]
+  k = len(next(iter(m.values())))
+  return [{name: float(v[i]) for name, v in m.items()} for i in range(k)]
+
+
+def _mean(results):
+  """A metrics dict, or the mean over members of a list of them."""
+  if isinstance(results, dict):
+    return results
+  return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+
+
+def _write(writer, step, split, results):
+  if isinstance(results, dict):
+    writer.write(step, split, results)
+  else:
+    for k, r in enumerate(results):
+      writer.write(step, split, r, member=k)
 
 
 class _Best:

@@ -33,6 +33,10 @@ def get_config(arg: str = ''):
   config.keep_checkpoints = 3
   config.best_metric = 'accuracy'  # validation metric of the kept best/
   config.best_mode = 'max'
+  # K runs in one compiled program (jax.vmap over the train state): seeds
+  # seed..seed+K-1, or K peak learning rates (key='optimizer.learning_rate').
+  config.vmap = ml_collections.ConfigDict(
+      {'size': 1, 'key': 'seed', 'values': ()})
 
   config.data = ml_collections.ConfigDict()
   config.data.name = f'synthetic_interactions/{variant}'
