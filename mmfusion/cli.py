@@ -1,0 +1,53 @@
+"""What the command-line tools share: the --config flag, and bad input told in
+one sentence (`mmfusion: error: ...` on stderr, exit status 2, no traceback).
+
+Used by `mmfusion.main` and `mmfusion.cost`. Imports no JAX, so a launcher's
+XLA_FLAGS still apply after flag parsing.
+"""
+
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, e.g. experiments/configs/seed.py.',
+    lock_config=True)
+
+
+def parse_flags(argv):
+  """absl flag parsing, with bad flags told in one sentence, no traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if '--config' in lines[0] and len(lines) > 1:  # config file did not load
+      fail(f'cannot load the --config file: {lines[-1]}; pass the path of a '
+           f'config file such as experiments/configs/seed.py.')
+    fail(f'{lines[0].rstrip(".")}; see --helpfull for the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    key = re.findall(r"'([^'\\]+)", str(e))
+    bad = [a.split('=')[0] for a in argv if a.startswith('--config.')
+           and key and key[0] in a.split('=')[0].split('.')]
+    hint = re.findall(r'Did you mean "[^"]+"', str(e))
+    fail(f'the config has no key {bad[0] if bad else str(e)!r}'
+         f'{" (" + hint[0].lower() + "?)" if hint else ""}; fix the flag, or '
+         f'add the key to the config file.')
+
+
+def fail(message: str):
+  print(f'mmfusion: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def config():
+  """The --config ConfigDict, or one sentence if its file did not load."""
+  try:
+    value = CONFIG.value
+    value.get('seed')  # A config file that failed to load raises here.
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    fail(f'cannot load the --config file ({reason}); pass the path of a '
+         f'config file such as experiments/configs/seed.py.')
+  return value
