@@ -103,7 +103,8 @@ class MultimodalModel(nn.Module):
       per_modality[m] = Head(self.num_classes, self.head_hidden, self.dtype,
                              name=f'head_{m}')(layers.masked_mean(tokens, mask))
       aux[f'{m}/logits'] = per_modality[m]
-    return self._fusion()(per_modality, present, train=train), aux
+    logits_BxC = self._fusion()(per_modality, present, train=train)
+    return logits_BxC.astype(jnp.float32), aux  # f32, as every Head gives
 
 
 def check_config(model_config):
