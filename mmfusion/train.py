@@ -183,14 +183,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ----------------------------------------------------------------- Data ---
   pipeline.prepare(builder)
+  eval_splits = ('validation', 'test') + tuple(
+      s for s in config.data.get('extra_eval_splits', ()) if s not in
+      ('validation', 'test'))
+  missing = [s for s in eval_splits if s not in builder.info.splits]
+  if missing:
+    raise errors.UserError(
+        f'{builder.info.full_name} has no split {missing}; its splits are '
+        f'{list(builder.info.splits)} (fix data.extra_eval_splits).')
   sources = {s: builder.as_data_source(split=s)
-             for s in ('train', 'validation', 'test')}
+             for s in ('train',) + eval_splits}
   per_process = config.batch_size // jax.process_count()
   spec = pipeline.batch_spec(builder, config.data.modalities, per_process)
   train_iter = iter(pipeline.train_batches(
       sources['train'], batch_size=per_process, seed=config.seed,
       modalities=config.data.modalities, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+      process_count=jax.process_count(),
+      modality_dropout=config.data.get('modality_dropout')))
 
   # ------------------------------------------------- Model and its state ---
   example = {k: np.zeros((1,) + shape[1:], dtype)
@@ -286,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -------------------------------------------------------------- Results ---
   results = {split: evaluate.evaluate(eval_fn, state.params, sources[split],
                                       config, mesh, with_subsets=True)
-             for split in ('validation', 'test')}
+             for split in eval_splits}
   best.update(step, _mean(results['validation']), state,
               train_iter.get_state(), config_dict)
   for split, m in results.items():

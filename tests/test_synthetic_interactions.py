@@ -100,3 +100,20 @@ def test_eval_batches_cover_each_example_once(data_dir):
 def test_bad_data_config_is_one_sentence(data, message):
   with pytest.raises(errors.UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
     pipeline.get_builder(ml_collections.ConfigDict(data))
+
+
+def test_modality_dropout_is_recorded_and_repeatable(data_dir):
+  builder = pipeline.get_builder(_config('redundancy', data_dir))
+  pipeline.prepare(builder)
+  source = builder.as_data_source(split='train')
+  make = lambda: iter(pipeline.train_batches(
+      source, batch_size=32, seed=3, modalities=('image', 'text'),
+      modality_dropout={'image': 0.5}))
+  first, again = [next(make()) for _ in range(2)]
+  hidden = ~first['present/image']
+  assert 0 < hidden.sum() < 32 and first['present/text'].all()
+  np.testing.assert_array_equal(hidden, ~again['present/image'])
+  with pytest.raises(errors.UserError, match="modality_dropout names"):
+    next(iter(pipeline.train_batches(
+        source, batch_size=8, seed=0, modalities=('image',),
+        modality_dropout={'audio': 0.5})))

@@ -13,6 +13,8 @@ image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
 
 import ml_collections
 
+from experiments.configs import common
+
 
 def get_config(arg: str = ''):
   """`arg`: comma-separated; a synthetic_interactions config name, `runlocal`."""
@@ -26,23 +28,17 @@ def get_config(arg: str = ''):
   config.checkpoint_every = 500
   config.log_every = 100
   config.num_devices = 0  # 0: every visible device
-  config.mesh_model = 1  # devices on the mesh's `model` axis
-  config.fsdp = False  # shard params + optimizer state over `data`
-  config.fsdp_min_size = 2**14  # arrays smaller than this stay replicated
-  config.grad_accum_steps = 1  # micro-batches per step (same global batch)
-  config.keep_checkpoints = 3
-  config.best_metric = 'accuracy'  # validation metric of the kept best/
-  config.best_mode = 'max'
-  # K runs in one compiled program (jax.vmap over the train state): seeds
-  # seed..seed+K-1, or K peak learning rates (key='optimizer.learning_rate').
-  config.vmap = ml_collections.ConfigDict(
-      {'size': 1, 'key': 'seed', 'values': ()})
+  common.add_run_options(config)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = f'synthetic_interactions/{variant}'
   config.data.modalities = ('image', 'text')
   config.data.data_dir = ml_collections.config_dict.placeholder(str)
   config.data.overrides = {}  # builder-config fields, e.g. {'noise': 2.0}
+  # Probability of hiding each modality of a training example (present/<m>).
+  config.data.modality_dropout = {}
+  # Evaluated at the end besides validation and test.
+  config.data.extra_eval_splits = ()
 
   config.model = ml_collections.ConfigDict()
   config.model.fusion = 'concat'

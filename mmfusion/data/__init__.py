@@ -4,10 +4,14 @@ Importing this package registers mmfusion's builders with TFDS, so
 `config.data.name` can name them like any catalog dataset.
 """
 
+from mmfusion.data import av_digits  # noqa: F401  (registers)
+from mmfusion.data import manifest  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
 
 # Builders that ship with mmfusion and build offline; `data.name` may also name
 # any other TFDS dataset, which then needs its own download.
 BUILDERS = {
+    'av_digits': av_digits.AvDigits,
+    'manifest': manifest.Manifest,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
 }

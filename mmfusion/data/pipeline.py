@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from mmfusion import errors
 from mmfusion.data import BUILDERS
+from mmfusion.data import transforms
 
 
 def _custom_config(base, overrides: dict):
@@ -95,18 +96,24 @@ def _to_batch(examples, modalities):
   """Stacked dict of one batch in the batch contract."""
   batch = {m: np.stack([ex[m] for ex in examples]) for m in modalities}
   batch['label'] = np.asarray([ex['label'] for ex in examples], np.int32)
-  for m in modalities:
-    batch[f'present/{m}'] = np.ones(len(examples), np.bool_)
+  for m in modalities:  # datasets with gaps (manifest) say what is there
+    batch[f'present/{m}'] = np.asarray(
+        [ex['present'][m] if 'present' in ex else True for ex in examples],
+        np.bool_)
   return batch
 
 
 def train_batches(source, *, batch_size: int, seed: int, modalities,
-                  process_index: int = 0, process_count: int = 1):
+                  process_index: int = 0, process_count: int = 1,
+                  modality_dropout: dict | None = None):
   """Endless per-process batches of `batch_size`, reshuffled every epoch.
 
   Global batch g is elements [g*G, (g+1)*G) of one shuffled stream (G =
   batch_size * process_count) and process p reads rows [p*L, (p+1)*L) of it,
   so any number of processes trains on exactly the batches one process would.
+  `modality_dropout` ({modality: probability}) hides modalities per example,
+  recorded in `present/<m>`, drawn from (seed, batch index, process): a
+  resumed run sees the same masks.
   """
   stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   local, global_ = batch_size, batch_size * process_count
@@ -117,6 +124,15 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
   ds = grain.MapDataset.range(len(stream)).map(example)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
   ds = ds.map(lambda examples: _to_batch(examples, modalities))
+  if modality_dropout:
+    rates = dict(modality_dropout)
+    unknown = sorted(set(rates) - set(modalities))
+    if unknown:
+      raise errors.UserError(
+          f'data.modality_dropout names {unknown}, which data.modalities '
+          f'({list(modalities)}) does not have; drop them or add the modality.')
+    ds = ds.map_with_index(lambda i, batch: transforms.modality_dropout(
+        batch, rates, transforms.batch_rng(seed, i, salt=1 + process_index)))
   return ds.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 

@@ -1,0 +1,115 @@
+"""Image + speech + text digits (`av_digits`), fused or one modality at a time.
+
+image 28x28 -> 3-stage CNN; audio 0.75 s -> log-mel CNN; text bytes -> GRU;
+mean-pooled tokens, concatenated, Dense(10). Sized for a 2-core CPU.
+
+  --config=experiments/configs/av_digits.py               noisy, all three
+  --config=experiments/configs/av_digits.py:audio         one modality alone
+  --config=experiments/configs/av_digits.py:image+text    any subset
+  --config=experiments/configs/av_digits.py:clean         every modality clean
+  --config=experiments/configs/av_digits.py:video         audio-visual sync
+  --config=experiments/configs/av_digits.py:variant=video,modalities=video
+  --config=experiments/configs/av_digits.py:audio,runlocal   a seconds-long run
+  --config.model.fusion=gated                              another fusion
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+VARIANTS = ('clean', 'noisy', 'video')
+MODALITIES = ('image', 'audio', 'text', 'video')
+
+
+def encoders():
+  """One small encoder per modality (XLA's CPU conv gradients are slow)."""
+  return {
+      'image': {'name': 'cnn', 'features': 64, 'channels': (16, 32, 64)},
+      # 20 ms hops and 40 mel bands: half the frames of the default, enough
+      # for single words, and the audio CNN is the slowest encoder here.
+      'audio': {'name': 'audio_cnn', 'features': 64, 'channels': (16, 32, 32),
+                'hop': 320, 'n_mels': 40},
+      'text': {'name': 'gru', 'features': 64},
+      # One token per frame: synchrony needs to know when a digit is seen.
+      'video': {'name': 'video_transformer', 'features': 64, 'num_layers': 1,
+                'frame_encoder': 'cnn',
+                'frame_options': {'channels': (16, 32), 'pool': True}},
+  }
+
+
+def get_config(arg: str = ''):
+  """`arg`: comma-separated; a variant (clean, noisy, video), a modality set
+  joined by '+' (e.g. image+audio), `runlocal`; or as key=value pairs
+  `variant=video,modalities=video` (needed where the two look alike)."""
+  args = [a for a in (arg or '').split(',') if a]
+  named = dict(a.split('=', 1) for a in args if '=' in a)
+  bare = [a for a in args if '=' not in a and a != 'runlocal']
+  variant = named.get('variant') or next(
+      (a for a in bare if a in VARIANTS), 'noisy')
+  chosen = named.get('modalities') or next(
+      (a for a in bare if a not in VARIANTS), None)
+  default = 'video+audio' if variant == 'video' else 'image+audio+text'
+  modalities = tuple((chosen or default).split('+'))
+  if (variant not in VARIANTS or set(named) - {'variant', 'modalities'} or
+      any(m not in MODALITIES for m in modalities)):
+    raise ValueError(f'config arg {arg!r}: expected a variant in {VARIANTS}, '
+                     f'modalities from {MODALITIES} joined by +, or runlocal')
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 64
+  config.total_steps = 1000
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.log_every = 100
+  config.num_devices = 0  # 0: every visible device
+  common.add_run_options(config)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = f'av_digits/{variant}'
+  config.data.modalities = modalities
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.overrides = {}  # AvDigitsConfig fields, e.g. {'num_train': 800}
+  # Probability of hiding each modality of a training example (present/<m>).
+  config.data.modality_dropout = {}
+  # Evaluated at the end besides validation and test.
+  config.data.extra_eval_splits = ('test_shift',) if variant != 'video' else ()
+
+  config.model = ml_collections.ConfigDict()
+  # Synchrony needs the two streams' timing, which pooled concat throws away.
+  config.model.fusion = ('cross_attention' if variant == 'video' and
+                         len(modalities) > 1 else 'concat')
+  config.model.fusion_kwargs = {}
+  config.model.encoders = {m: e for m, e in encoders().items()
+                           if m in modalities}
+  config.model.early_encoder = {'name': 'mlp', 'features': 64}
+  config.model.head_hidden = (64,)
+  config.model.dtype = 'float32'
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 100
+  config.optimizer.final_lr_fraction = 0.01
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.grad_clip_norm = 1.0
+
+  if variant == 'video':  # 2 s of audio and 8 frames: slower per example
+    config.batch_size = 32
+    config.total_steps = 800
+    config.eval_every = config.checkpoint_every = 400
+
+  if 'runlocal' in args:
+    config.total_steps = 40
+    config.eval_every = 20
+    config.checkpoint_every = 20
+    config.log_every = 10
+    config.optimizer.warmup_steps = 10
+    config.batch_size = 32
+    config.data.overrides = {
+        'num_train': 256, 'num_validation': 64, 'num_test': 64,
+        'num_test_shift': 0 if variant == 'video' else 64,
+        'train_speakers': 20, 'eval_speakers': 10}
+  return config

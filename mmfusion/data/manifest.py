@@ -1,0 +1,458 @@
+"""`manifest`: your own paired multimodal data, listed in a CSV or JSONL file.
+
+TFDS registers builder configs by name, so a manifest is named through
+`data.overrides`; mmfusion turns the overrides into a custom config named by
+their digest (`manifest/default-1a2b3c4d`), built once into `data.data_dir`:
+
+  config.data.name = 'manifest/default'
+  config.data.modalities = ('image', 'audio', 'text')
+  config.data.overrides = {'path': '/abs/path/manifest.csv',
+                           'image_size': (28, 28), 'audio_samples': 16000}
+
+or on the command line: `--config.data.name=manifest/default
+--config.data.overrides="{'path': '/abs/path/manifest.jsonl'}"`.
+
+The manifest has one example per row: a CSV file with a header row, or JSON
+Lines (one object per line). Columns, all optional but `label`:
+  id      unique name of the example (default: its line number)
+  image   file: .npy (uint8, or float in [0, 1]; [H, W] or [H, W, C]),
+          .pgm/.ppm (Netpbm), or .png/.jpg/.bmp if Pillow is installed
+  audio   file: .wav (PCM, 8-32 bit, any rate: resampled to `sample_rate`,
+          channels averaged), .npy (float waveform at `sample_rate`), or
+          .flac if soundfile is installed; cut or zero-padded to
+          `audio_samples`
+  text    the text itself (UTF-8 byte tokens, cut to `text_length`)
+  label   class name; the classes are `labels` or else those of train rows
+  split   train, validation, test or another name (default: a hash of the
+          id sends 80/10/10% to train/validation/test)
+  others  numbers: the `tabular` feature, float32 [F] (or name them in
+          `numeric`)
+Paths are relative to the manifest's folder (or absolute).
+
+Features: `image` uint8 [H, W, C], `audio` float32 [S], `text` int32 [L],
+`tabular` float32 [F] (those the manifest has), `label`, `id` (bytes) and
+`present` {modality: bool} (False only for cells left empty when
+`allow_missing`).
+
+Bad rows (missing or unreadable file, wrong image shape, unknown or missing
+label, duplicate id, non-numeric number, empty cell) stop the build with one
+UserError that lists every bad row's line number and reasons. With
+`skip_bad_rows=True` they are left out instead, listed in `skipped_rows.tsv`
+in the dataset's folder and counted on stdout, at build and at every later
+prepare. When the manifest or a file it names changes (size or time), the
+next prepare rebuilds the dataset.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import wave
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmfusion import errors
+from mmfusion.data import speech
+from mmfusion.data import tokenizer
+
+MODALITIES = ('image', 'audio', 'text')
+RESERVED = ('id', 'label', 'split') + MODALITIES
+REPORT = 'skipped_rows.tsv'
+FINGERPRINT = 'manifest.fingerprint'
+
+
+@dataclasses.dataclass(eq=False)
+class ManifestConfig(tfds.core.BuilderConfig):
+  """Where the manifest is and what shapes its examples take."""
+  path: str = ''  # the .csv or .jsonl manifest (absolute is safest)
+  image_size: tuple[int, int] = (28, 28)  # every image must be H x W
+  image_channels: int = 1
+  sample_rate: int = 16_000
+  audio_samples: int = 16_000  # longer waves are cut, shorter zero-padded
+  text_length: int = 64  # bytes
+  numeric: tuple[str, ...] | None = None  # None: every non-reserved column
+  labels: tuple[str, ...] = ()  # (): the labels of the train rows, sorted
+  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+  allow_missing: bool = False  # empty cell: modality absent, not a bad row
+  skip_bad_rows: bool = False  # leave bad rows out (and report them)
+
+
+class _BadRow(Exception):
+  """Problems of one row, as short phrases."""
+
+
+class MediaError(Exception):
+  """A file that is missing, unreadable or of the wrong shape."""
+
+
+# ------------------------------------------------------------------- Files ---
+def _netpbm(path):
+  """uint8 [H, W] or [H, W, 3] of a PGM/PPM file (binary P5/P6, ASCII P2/P3)."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  tokens, pos = [], 0
+  while len(tokens) < 4:  # magic, width, height, maxval; '#' starts a comment
+    match = re.compile(rb'\s*(#[^\n]*\n\s*)*(\S+)').match(data, pos)
+    if not match:
+      raise MediaError('truncated Netpbm header')
+    tokens.append(match.group(2))
+    pos = match.end()
+  magic, w, h, maxval = tokens[0], *map(int, tokens[1:])
+  channels = {b'P2': 1, b'P5': 1, b'P3': 3, b'P6': 3}.get(magic)
+  if channels is None:
+    raise MediaError(f'not a PGM/PPM file (magic {magic!r})')
+  n = h * w * channels
+  if magic in (b'P5', b'P6'):
+    dtype = np.uint8 if maxval < 256 else np.dtype('>u2')
+    x = np.frombuffer(data, dtype, n, pos + 1)
+  else:
+    x = np.asarray(data[pos:].split()[:n], np.int64)
+  if x.size != n:
+    raise MediaError('fewer pixels than its header says')
+  x = np.rint(x.astype(np.float64) * 255 / maxval).astype(np.uint8)
+  return x.reshape(h, w, channels)
+
+
+def read_image(path, shape) -> np.ndarray:
+  """uint8 [H, W, C] from .npy, .pgm/.ppm/.pnm or (with Pillow) other formats;
+  MediaError unless it has exactly `shape` ([H, W] counts as C = 1)."""
+  if not os.path.isfile(path):
+    raise MediaError('file not found')
+  ext = os.path.splitext(path)[1].lower()
+  try:
+    if ext == '.npy':
+      x = np.load(path, allow_pickle=False)
+      if np.issubdtype(x.dtype, np.floating):
+        if x.size and not 0 <= np.nanmin(x) <= np.nanmax(x) <= 1:
+          raise MediaError('float pixels must lie in [0, 1]')
+        x = np.rint(x * 255)
+      elif not np.issubdtype(x.dtype, np.integer) or x.size and (
+          x.min() < 0 or x.max() > 255):
+        raise MediaError(f'{x.dtype} pixels are not uint8 values')
+      x = x.astype(np.uint8)
+    elif ext in ('.pgm', '.ppm', '.pnm'):
+      x = _netpbm(path)
+    else:
+      try:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        raise MediaError(f'reading {ext} needs Pillow (pip install pillow); '
+                         f'or save images as .npy or .pgm') from None
+      with Image.open(path) as im:
+        x = np.asarray(im)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise MediaError(f'unreadable ({e})') from None
+  if x.ndim == 2:
+    x = x[..., None]
+  if x.shape != tuple(shape):
+    raise MediaError(f'shape {list(x.shape)} is not {list(shape)}')
+  return x
+
+
+def _wav(path):
+  """(float32 mono samples in [-1, 1], sample rate) of a PCM WAV file."""
+  with wave.open(path, 'rb') as f:
+    channels, width = f.getnchannels(), f.getsampwidth()
+    rate, raw = f.getframerate(), f.readframes(f.getnframes())
+  if width == 1:
+    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+  elif width == 3:
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+    x = ((b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8) / 2.0**23
+  else:
+    x = np.frombuffer(raw, {2: '<i2', 4: '<i4'}[width]) / 2.0**(8 * width - 1)
+  return x.reshape(-1, channels).mean(1).astype(np.float32), rate
+
+
+def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
+  """float32 [samples] mono wave at `sample_rate` from .wav, .npy or (with
+  soundfile) .flac: resampled if needed, then cut or zero-padded."""
+  if not os.path.isfile(path):
+    raise MediaError('file not found')
+  ext = os.path.splitext(path)[1].lower()
+  try:
+    if ext == '.wav':
+      x, rate = _wav(path)
+    elif ext == '.npy':
+      x = np.load(path, allow_pickle=False).astype(np.float32)
+      rate = sample_rate
+      if x.ndim != 1:
+        raise MediaError(f'a waveform must be 1-D, not {list(x.shape)}')
+    elif ext == '.flac':
+      try:
+        import soundfile  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        raise MediaError('reading .flac needs soundfile (pip install '
+                         'soundfile); or convert to .wav') from None
+      x, rate = soundfile.read(path, dtype='float32', always_2d=True)
+      x = x.mean(1)
+    else:
+      raise MediaError(f'{ext or "no extension"} is not .wav, .npy or .flac')
+  except (OSError, ValueError, KeyError, EOFError, wave.Error) as e:
+    raise MediaError(f'unreadable ({e})') from None
+  if rate != sample_rate:
+    x = speech.resample([x], rate, sample_rate)[0]
+  out = np.zeros(samples, np.float32)
+  out[:min(len(x), samples)] = x[:samples]
+  return out
+
+
+def read_rows(path: str):
+  """(columns, [(line number, {column: value})]) of a CSV or JSONL manifest."""
+  if not path:
+    raise errors.UserError(
+        "the manifest builder needs a file; set data.overrides={'path': "
+        "'/abs/path/manifest.csv'}.")
+  if not os.path.isfile(path):
+    raise errors.UserError(f'no manifest file at {path!r}; pass an existing '
+                           f'.csv or .jsonl file as data.overrides.path.')
+  rows = []
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    if path.endswith(('.jsonl', '.json')):
+      columns = {}
+      for line, text in enumerate(f, start=1):
+        if not text.strip():
+          continue
+        try:
+          row = json.loads(text)
+        except json.JSONDecodeError as e:
+          row = {'__error__': f'not JSON ({e.msg})'}
+        if not isinstance(row, dict):
+          row = {'__error__': 'not a JSON object'}
+        columns.update(dict.fromkeys(k for k in row if k != '__error__'))
+        rows.append((line, row))
+      columns = list(columns)
+    else:
+      reader = csv.DictReader(f)
+      columns = list(reader.fieldnames or [])
+      for row in reader:
+        rows.append((reader.line_num, row))
+  if 'label' not in columns:
+    raise errors.UserError(f'the manifest {path!r} has no label column; add '
+                           f'one (columns found: {", ".join(columns)}).')
+  return columns, rows
+
+
+def _cell(row, column):
+  value = row.get(column)
+  return '' if value is None else str(value).strip()
+
+
+def _ident(line, row):
+  """The row's id, or its line number when it has none."""
+  return _cell(row, 'id') or str(line)
+
+
+def _sort_labels(labels):
+  """Numeric-looking labels sort by value ('2' < '10'), others as strings."""
+  try:
+    return sorted(labels, key=float)
+  except ValueError:
+    return sorted(labels)
+
+
+class Manifest(tfds.core.GeneratorBasedBuilder):
+  """Examples listed in a user's CSV or JSONL manifest."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [ManifestConfig(
+      name='default', description='Set data.overrides.path to your manifest.')]
+
+  # ---------------------------------------------------------- Reading ---
+  def _read(self):
+    if not hasattr(self, '_rows'):
+      c = self.builder_config
+      self._path = os.path.abspath(c.path) if c.path else ''
+      columns, self._rows = read_rows(self._path)
+      self._modalities = [m for m in MODALITIES if m in columns]
+      self._numeric = list(c.numeric) if c.numeric is not None else [
+          k for k in columns if k not in RESERVED]
+      train = {_cell(r, 'label') for n, r in self._rows
+               if self._split_of(n, r) == 'train'} - {''}
+      self._labels = [str(v) for v in c.labels] or _sort_labels(train)
+      self._label_ids = {name: i for i, name in enumerate(self._labels)}
+      if not self._labels:
+        raise errors.UserError(
+            f'the manifest {self._path!r} has no labelled train rows; label '
+            f'some, or list the classes in data.overrides.labels.')
+    return self._rows
+
+  def _split_of(self, line, row):
+    if 'split' in row:
+      return _cell(row, 'split')
+    digest = hashlib.sha1(_ident(line, row).encode()).digest()
+    u = int.from_bytes(digest[:8], 'big') / 2**64
+    train, validation, _ = self.builder_config.split_fractions
+    return ('train' if u < train else 'validation'
+            if u < train + validation else 'test')
+
+  def _file(self, row, column):
+    p = os.path.expanduser(_cell(row, column))
+    return p if os.path.isabs(p) else os.path.join(os.path.dirname(
+        self._path), p)
+
+  def _example(self, line, row):
+    """The example of one row, or _BadRow listing all its problems."""
+    c = self.builder_config
+    problems, ex = [], {'present': {}}
+    if '__error__' in row:
+      raise _BadRow(row['__error__'])
+    label = _cell(row, 'label')
+    if not label:
+      problems.append('no label')
+    elif label not in self._label_ids:
+      problems.append(f'label {label!r} is not one of the classes '
+                      f'({", ".join(self._labels[:10])}'
+                      f'{", ..." if len(self._labels) > 10 else ""})')
+    else:
+      ex['label'] = self._label_ids[label]
+    split = self._split_of(line, row)
+    if not re.fullmatch(r'[A-Za-z]\w*', split):
+      problems.append(f'split {split!r} is not a name like train or test')
+    shapes = {'image': (*c.image_size, c.image_channels),
+              'audio': (c.audio_samples,), 'text': (c.text_length,)}
+    for m in self._modalities:
+      ex['present'][m] = bool(_cell(row, m))
+      if not ex['present'][m]:
+        if not c.allow_missing:
+          problems.append(f'empty {m}')
+        ex[m] = np.zeros(shapes[m], np.int32 if m == 'text' else
+                         np.uint8 if m == 'image' else np.float32)
+        continue
+      try:
+        if m == 'image':
+          ex[m] = read_image(self._file(row, m), shapes['image'])
+        elif m == 'audio':
+          ex[m] = read_audio(self._file(row, m), c.sample_rate,
+                             c.audio_samples)
+        else:
+          ex[m] = tokenizer.ByteTokenizer().encode(
+              _cell(row, m), c.text_length)[0]
+      except MediaError as e:
+        problems.append(f'{m} {_cell(row, m)!r}: {e}')
+    if self._numeric:
+      values = []
+      for k in self._numeric:
+        try:
+          values.append(float(_cell(row, k)))
+          if not math.isfinite(values[-1]):
+            raise ValueError
+        except ValueError:
+          problems.append(f'{k} {_cell(row, k)!r} is not a finite number')
+      ex['tabular'] = np.asarray(values, np.float32)
+    if problems:
+      raise _BadRow('; '.join(problems))
+    ex['id'] = _ident(line, row)
+    return split, ex
+
+  def _scan(self):
+    """{split: [(line, row)]} of good rows, and [(line, id, reason)] of bad."""
+    good, bad, seen = {}, [], {}
+    for line, row in self._read():
+      ident = _ident(line, row)
+      problems = [f'id {ident!r} repeats line {seen[ident]}'] if (
+          ident in seen) else []
+      seen.setdefault(ident, line)
+      try:
+        split, _ = self._example(line, row)
+      except _BadRow as e:
+        problems.insert(0, str(e))
+      if problems:
+        bad.append((line, ident, '; '.join(problems)))
+      else:
+        good.setdefault(split, []).append((line, row))
+    return good, bad
+
+  def fingerprint(self) -> str:
+    """Digest of the manifest and the size and time of every file it names."""
+    h = hashlib.sha1()
+    with open(self._path, 'rb') as f:
+      h.update(f.read())
+    for _, row in self._read():
+      for m in ('image', 'audio'):
+        if _cell(row, m):
+          try:
+            st = os.stat(self._file(row, m))
+            h.update(f'{m}:{_cell(row, m)}:{st.st_size}:{st.st_mtime_ns}'
+                     .encode())
+          except OSError:
+            h.update(f'{m}:{_cell(row, m)}:missing'.encode())
+    return h.hexdigest()
+
+  # ------------------------------------------------------------ TFDS ---
+  def _info(self):
+    c = self.builder_config
+    self._read()
+    tensor = tfds.features.Tensor
+    features = {'id': tfds.features.Text(),
+                'label': tfds.features.ClassLabel(names=self._labels),
+                'present': {m: tensor(shape=(), dtype=np.bool_)
+                            for m in self._modalities}}
+    if 'image' in self._modalities:
+      features['image'] = tensor(shape=(*c.image_size, c.image_channels),
+                                 dtype=np.uint8)
+    if 'audio' in self._modalities:
+      features['audio'] = tensor(shape=(c.audio_samples,), dtype=np.float32)
+    if 'text' in self._modalities:
+      features['text'] = tensor(shape=(c.text_length,), dtype=np.int32)
+    if self._numeric:
+      features['tabular'] = tensor(shape=(len(self._numeric),),
+                                   dtype=np.float32)
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features), supervised_keys=None,
+        description=f'Examples of the manifest {self._path}.')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # The files are local.
+    good, bad = self._scan()
+    if bad and not self.builder_config.skip_bad_rows:
+      listed = '; '.join(f'line {n} ({why})' for n, _, why in bad)
+      hint = (' (columns other than id, label, split and the modalities are '
+              'numbers unless data.overrides.numeric lists which are)'
+              if any('finite number' in why for _, _, why in bad) else '')
+      raise errors.UserError(
+          f'the manifest {self._path!r} has {len(bad)} bad row(s): {listed}; '
+          f'fix them{hint}, or set data.overrides.skip_bad_rows=True to leave '
+          f'them out (they are then listed in {REPORT} next to the dataset).')
+    with open(os.path.join(self.data_dir, REPORT), 'w') as f:
+      f.write('line\tid\treason\n')
+      f.writelines(f'{n}\t{i}\t{why}\n' for n, i, why in bad)
+    with open(os.path.join(self.data_dir, FINGERPRINT), 'w') as f:
+      f.write(self.fingerprint())
+    return {split: self._generate_examples(rows)
+            for split, rows in sorted(good.items())}
+
+  def _generate_examples(self, rows):
+    for line, row in rows:
+      _, ex = self._example(line, row)
+      yield line, ex
+
+  def _build_data_dir(self, given_data_dir):
+    """TFDS's dataset folder, emptied first when the manifest has changed
+    since it was built (TFDS then builds afresh instead of reusing it)."""
+    root, data_dir = super()._build_data_dir(given_data_dir)
+    stamp = os.path.join(data_dir, FINGERPRINT)
+    if os.path.exists(stamp):
+      self._read()
+      with open(stamp) as f:
+        if f.read() != self.fingerprint():
+          print(f'The manifest {self._path} or a file it names changed since '
+                f'{data_dir} was built; rebuilding.', flush=True)
+          shutil.rmtree(data_dir)
+    return root, data_dir
+
+  def download_and_prepare(self, **kwargs):  # pylint: disable=arguments-differ
+    """Builds once; then, every time, says how many rows were skipped."""
+    super().download_and_prepare(**kwargs)
+    report = os.path.join(self.data_dir, REPORT)
+    with open(report) as f:
+      skipped = len(f.readlines()) - 1
+    if skipped:
+      print(f'{skipped} bad row(s) of {self._path} were skipped; see {report}.',
+            flush=True)

@@ -1,0 +1,164 @@
+"""The manifest builder: the user's own files in, the batch contract out."""
+
+import csv
+import json
+import os
+import wave
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mmfusion import errors
+from mmfusion.data import pipeline
+from mmfusion.data import tokenizer
+
+FIELDS = ('id', 'image', 'audio', 'text', 'age', 'label', 'split')
+
+
+def _write_wav(path, wave_S, rate, channels=1):
+  pcm = np.round(np.repeat(wave_S[:, None], channels, 1) * 32767)
+  with wave.open(str(path), 'wb') as f:
+    f.setnchannels(channels)
+    f.setsampwidth(2)
+    f.setframerate(rate)
+    f.writeframes(pcm.astype('<i2').tobytes())
+
+
+def _write_pgm(path, pixels_HxW):
+  h, w = pixels_HxW.shape
+  with open(path, 'wb') as f:
+    f.write(b'P5\n# made by a test\n%d %d\n255\n' % (w, h))
+    f.write(pixels_HxW.astype(np.uint8).tobytes())
+
+
+def _folder(root, n=6):
+  """n good examples: .npy and .pgm images, mono/stereo 16/8 kHz WAVs."""
+  rng = np.random.default_rng(0)
+  rows, truth = [], {}
+  for i in range(n):
+    image = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+    if i % 2:
+      _write_pgm(root / f'im{i}.pgm', image)
+    else:
+      np.save(root / f'im{i}.npy', image)
+    sound = 0.5 * np.sin(np.arange(800) * (0.05 + 0.01 * i))
+    sound = sound.astype(np.float32)
+    _write_wav(root / f'a{i}.wav', sound, 16_000, channels=1 + i % 2)
+    rows.append({'id': f'ex{i}', 'image': f'im{i}.{"pgm" if i % 2 else "npy"}',
+                 'audio': f'a{i}.wav', 'text': f'exemple n°{i}', 'age': 20 + i,
+                 'label': ['cat', 'dog'][i % 2],
+                 'split': 'train' if i < 4 else 'test'})
+    truth[f'ex{i}'] = (image, sound)
+  _write_wav(root / 'slow.wav', np.zeros(400, np.float32), 8_000)
+  return rows, truth
+
+
+def _write_csv(path, rows):
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _builder(data_dir, path, **overrides):
+  return pipeline.get_builder(ml_collections.ConfigDict({
+      'name': 'manifest/default', 'data_dir': data_dir, 'overrides': {
+          'path': str(path), 'image_size': (12, 10), 'audio_samples': 1000,
+          'text_length': 24, **overrides}}))
+
+
+def test_csv_manifest_builds_in_the_batch_contract(tmp_path, data_dir):
+  rows, truth = _folder(tmp_path)
+  rows[5]['audio'] = 'slow.wav'  # 8 kHz: resampled to 400 * 2 samples
+  _write_csv(tmp_path / 'manifest.csv', rows)
+  builder = _builder(data_dir, tmp_path / 'manifest.csv')
+  pipeline.prepare(builder)
+  assert builder.info.features['label'].names == ['cat', 'dog']
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits
+          } == {'train': 4, 'test': 2}
+  source = builder.as_data_source(split='train')
+  examples = {ex['id'].decode(): ex for ex in (source[i] for i in range(4))}
+  for ident, ex in examples.items():
+    image, sound = truth[ident]
+    np.testing.assert_array_equal(ex['image'][..., 0], image)
+    assert ex['image'].dtype == np.uint8 and ex['image'].shape == (12, 10, 1)
+    assert ex['audio'].dtype == np.float32 and ex['audio'].shape == (1000,)
+    np.testing.assert_allclose(ex['audio'][:800], sound, atol=1e-4)
+    assert not ex['audio'][800:].any()  # zero-padded to audio_samples
+    i = int(ident[2:])
+    assert tokenizer.ByteTokenizer().decode(ex['text'])[0] == f'exemple n°{i}'
+    assert ex['tabular'].tolist() == [20.0 + i] and ex['label'] == i % 2
+  batch = next(pipeline.eval_batches(source, batch_size=4,
+                                     modalities=('image', 'audio', 'text')))
+  assert batch['image'].shape == (4, 12, 10, 1) and batch['present/audio'].all()
+
+
+def test_jsonl_with_a_subset_of_modalities_and_hashed_splits(tmp_path,
+                                                             data_dir):
+  path = tmp_path / 'm.jsonl'
+  with open(path, 'w') as f:
+    for i in range(20):
+      f.write(json.dumps({'id': i, 'text': f'row {i}', 'x': i / 2,
+                          'label': i % 3}) + '\n')
+  builder = _builder(data_dir, path)
+  pipeline.prepare(builder)
+  assert set(builder.info.features.keys()) == {'id', 'label', 'present',
+                                               'text', 'tabular'}
+  assert builder.info.features['label'].names == ['0', '1', '2']
+  sizes = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+  assert sum(sizes.values()) == 20 and sizes['train'] >= 10
+
+
+def test_every_bad_row_is_named_in_one_error(tmp_path, data_dir):
+  rows, _ = _folder(tmp_path)
+  np.save(tmp_path / 'big.npy', np.zeros((28, 28), np.uint8))
+  rows[1]['image'] = 'nowhere.npy'  # line 3: missing file
+  rows[2]['label'] = 'bird'  # line 4: unknown label
+  rows[3]['image'] = 'big.npy'  # line 5: wrong shape
+  rows[5]['id'] = 'ex0'  # line 7: duplicate id
+  _write_csv(tmp_path / 'manifest.csv', rows)
+  builder = _builder(data_dir, tmp_path / 'manifest.csv',
+                     labels=('cat', 'dog'))
+  with pytest.raises(errors.UserError) as e:
+    pipeline.prepare(builder)
+  message = str(e.value)
+  assert '4 bad row(s)' in message and 'skip_bad_rows' in message
+  for line, why in ((3, 'file not found'), (4, "label 'bird'"),
+                    (5, 'shape [28, 28, 1] is not [12, 10, 1]'),
+                    (7, "id 'ex0' repeats line 2")):
+    assert f'line {line} (' in message and why in message
+
+
+def test_skip_flag_reports_the_skipped_rows(tmp_path, data_dir, capsys):
+  rows, _ = _folder(tmp_path)
+  rows[0]['audio'] = 'gone.wav'
+  rows[4]['age'] = 'old'
+  _write_csv(tmp_path / 'manifest.csv', rows)
+  builder = _builder(data_dir, tmp_path / 'manifest.csv', skip_bad_rows=True)
+  pipeline.prepare(builder)
+  assert builder.info.splits['train'].num_examples == 3
+  assert builder.info.splits['test'].num_examples == 1
+  with open(os.path.join(builder.data_dir, 'skipped_rows.tsv')) as f:
+    report = f.read().splitlines()
+  assert report[0] == 'line\tid\treason'
+  assert [r.split('\t')[:2] for r in report[1:]] == [['2', 'ex0'],
+                                                     ['6', 'ex4']]
+  assert "'old' is not a finite number" in report[2]
+  assert '2 bad row(s)' in capsys.readouterr().out
+
+
+def test_a_changed_manifest_is_rebuilt(tmp_path, data_dir):
+  rows, _ = _folder(tmp_path)
+  _write_csv(tmp_path / 'manifest.csv', rows[:5])
+  pipeline.prepare(_builder(data_dir, tmp_path / 'manifest.csv'))
+  _write_csv(tmp_path / 'manifest.csv', rows)
+  builder = _builder(data_dir, tmp_path / 'manifest.csv')
+  pipeline.prepare(builder)
+  assert builder.info.splits['test'].num_examples == 2
+
+
+def test_no_path_is_a_user_error(data_dir):
+  with pytest.raises(errors.UserError, match='overrides'):
+    pipeline.get_builder(ml_collections.ConfigDict(
+        {'name': 'manifest/default', 'data_dir': data_dir, 'overrides': {}}))
