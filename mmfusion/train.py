@@ -331,7 +331,10 @@ def _mean(results):
   """A metrics dict, or the mean over members of a list of them."""
   if isinstance(results, dict):
     return results
-  return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+  mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+  if 'examples' in mean:  # a count, the same for every member
+    mean['examples'] = results[0]['examples']
+  return mean
 
 
 def _write(writer, step, split, results):
