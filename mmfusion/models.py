@@ -61,11 +61,12 @@ class MultimodalModel(nn.Module):
   early_encoder: Mapping[str, Any] = None  # the shared encoder of `early`
   head_hidden: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
+  remat: bool = False  # recompute encoder activations in the backward pass
 
   def _encoder(self, cfg, name):
     cfg = dict(cfg)
     return encoders_lib.make_encoder(cfg.pop('name'), dtype=self.dtype,
-                                     module_name=name, **cfg)
+                                     module_name=name, remat=self.remat, **cfg)
 
   def _fusion(self):
     return fusion_lib.make_fusion(self.fusion, dtype=self.dtype,
@@ -131,4 +132,5 @@ def from_config(model_config, num_classes: int) -> MultimodalModel:
       fusion_kwargs=dict(model_config.get('fusion_kwargs') or {}),
       early_encoder=dict(model_config.get('early_encoder') or {}),
       head_hidden=tuple(model_config.get('head_hidden') or ()),
+      remat=bool(model_config.get('remat', False)),
       dtype=DTYPES[model_config.get('dtype', 'float32')])

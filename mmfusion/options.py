@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 from flax.core import frozen_dict
 
 from mmfusion import errors
@@ -27,10 +28,12 @@ def freeze(value):
 
 
 def build(kind: str, name: str, registry: dict, kwargs: dict,
-          module_name: str | None = None):
+          module_name: str | None = None, remat: bool = False):
   """`registry[name](**kwargs)`, or a one-sentence UserError naming the fix.
 
-  `module_name` names the flax submodule (its key in the parameter tree).
+  `module_name` names the flax submodule (its key in the parameter tree);
+  `remat` recomputes its activations in the backward pass (`nn.remat`),
+  trading compute for memory.
   """
   if name not in registry:
     raise errors.unknown_name(kind, name, registry)
@@ -42,4 +45,6 @@ def build(kind: str, name: str, registry: dict, kwargs: dict,
     raise errors.UserError(
         f'{kind} {name!r} has no {noun} {", ".join(repr(b) for b in bad)}; '
         f'its options are: {", ".join(known)}.')
+  if remat:
+    cls = nn.remat(cls)
   return cls(name=module_name, **{k: freeze(v) for k, v in kwargs.items()})

@@ -47,3 +47,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
   whole = _losses(tmp_path, data_dir, 'whole')
   accumulated = _losses(tmp_path, data_dir, 'accum', grad_accum_steps=4)
   np.testing.assert_allclose(whole, accumulated, rtol=0, atol=1e-5)
+
+
+def test_remat_changes_memory_not_the_loss_curve(tmp_path, data_dir):
+  plain = _losses(tmp_path, data_dir, 'plain')
+  remat = _losses(tmp_path, data_dir, 'remat', **{'model.remat': True})
+  np.testing.assert_allclose(plain, remat, rtol=0, atol=1e-5)

@@ -85,6 +85,7 @@ def get_config(arg: str = ''):
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = (64,)
   config.model.dtype = 'float32'
+  config.model.remat = False  # nn.remat on encoders: less memory, more compute
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adamw'

@@ -41,6 +41,6 @@ ENCODERS: dict[str, type[nn.Module]] = {
 
 
 def make_encoder(name: str, *, module_name: str | None = None,
-                 **kwargs) -> nn.Module:
+                 remat: bool = False, **kwargs) -> nn.Module:
   """The encoder registered as `name`, built with the config's options."""
-  return options.build('encoder', name, ENCODERS, kwargs, module_name)
+  return options.build('encoder', name, ENCODERS, kwargs, module_name, remat)
