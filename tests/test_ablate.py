@@ -1,0 +1,199 @@
+"""The ablation command: grid, resume, report files, and the report's maths."""
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from experiments import ablate
+from experiments.configs import seed as seed_config
+from experiments.report import stats
+from tests.helpers import ROOT, TINY_DATA, subprocess_env
+
+
+def _ablate(workdir, data_dir, *flags):
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.ablate', f'--workdir={workdir}',
+       '--config=experiments/configs/seed.py:uniqueness_image,runlocal',
+       f'--config.data.data_dir={data_dir}',
+       f'--config.data.overrides={TINY_DATA!r}', '--config.batch_size=16',
+       '--config.total_steps=8', '--config.eval_every=4',
+       '--config.checkpoint_every=4', '--config.optimizer.warmup_steps=2',
+       '--compilation_cache=', '--time_steps=2', *flags],
+      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True,
+      timeout=300)
+
+
+# ------------------------------------------------------------ End to end ---
+
+def test_sweep_trains_reports_and_resumes_only_what_is_missing(tmp_path,
+                                                                data_dir):
+  workdir = tmp_path / 'ablation'
+  sweep = '--sweep=model.fusion=concat,late_logits'
+  first = _ablate(workdir, data_dir, sweep, '--seeds=2')
+  assert first.returncode == 0, first.stderr
+  assert '0 finished already, 4 to train' in first.stdout
+  assert '4/4 runs, 2/2 cells done' in first.stdout and 'ETA' in first.stdout
+  for name in ('report.md', 'results.md', 'results.csv', 'robustness.md',
+               'contributions.md', 'accuracy.png', 'pareto.png',
+               'missing_modality.png', 'robustness.png', 'contributions.png'):
+    assert (workdir / name).stat().st_size > 0, name
+  with open(workdir / 'accuracy.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  report = (workdir / 'report.md').read_text()
+  for section in ('## Test accuracy', '## Missing modalities',
+                  '## Robustness to test-time corruptions',
+                  '## Per-modality contributions', '![pareto](pareto.png)'):
+    assert section in report
+
+  with open(workdir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert sorted((r['model.fusion'], r['seed']) for r in rows) == [
+      ('concat', '0'), ('concat', '1'), ('late_logits', '0'),
+      ('late_logits', '1')]
+  for r in rows:  # severity 0 of a corruption is the clean test set
+    assert float(r['robust/gaussian_noise/all/s0']) == float(
+        r['test/accuracy'])
+    shapley = float(r['shapley/image']) + float(r['shapley/text'])
+    assert shapley == pytest.approx(float(r['test/accuracy']) - 0.1)
+  assert rows[0]['test/accuracy'] != rows[1]['test/accuracy']  # two seeds
+
+  # Interrupt one cell: its results and its latest checkpoint are gone.
+  cells = workdir / 'cells'
+  keep = next((cells / 'model.fusion=concat').glob('seed*'))
+  redo = next((cells / 'model.fusion=late_logits').glob('seed*'))
+  os.remove(redo / 'results.json')
+  shutil.rmtree(redo / 'checkpoints' / '8')
+  kept_before = (keep / 'results.json').stat().st_mtime_ns
+  second = _ablate(workdir, data_dir, sweep, '--seeds=2')
+  assert second.returncode == 0, second.stderr
+  assert '2 finished already, 2 to train' in second.stdout
+  assert 'training concat' not in second.stdout
+  assert (keep / 'results.json').stat().st_mtime_ns == kept_before
+  assert 'Resuming from step 4' in (redo / 'train.log').read_text()
+  assert json.loads((redo / 'results.json').read_text())['step'] == 8
+  with open(workdir / 'results.csv') as f:
+    assert len(list(csv.DictReader(f))) == 4
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--sweep=model.fusoin=concat', "--sweep key 'model.fusoin' is not in "
+     "the config"),
+    ('--sweep=total_steps=10,ten', "--sweep value 'ten' for total_steps is "
+     'not an int'),
+    ('--sweep=model.fusion', '--sweep takes KEY=V1,V2,...'),
+])
+def test_bad_sweeps_fail_in_one_sentence(flag, message, tmp_path):
+  result = _ablate(tmp_path / 'w', tmp_path / 'data', flag)
+  assert result.returncode == 2
+  assert result.stderr.startswith(f'mmfusion: error: {message}'), result.stderr
+  assert len(result.stderr.splitlines()) == 1
+  assert not (tmp_path / 'w').exists()
+
+
+# ------------------------------------------------------------------ Grid ---
+
+def test_sweep_values_take_the_type_of_their_field():
+  config = seed_config.get_config('runlocal')
+  config.lock()
+  assert ablate.parse_sweep(config, 'model.fusion=concat,tensor') == (
+      'model.fusion', ['concat', 'tensor'])
+  assert ablate.parse_sweep(config, 'batch_size=8,16')[1] == [8, 16]
+  assert ablate.parse_sweep(config, 'optimizer.learning_rate=1e-3,3')[1] == [
+      1e-3, 3.0]
+  assert ablate.parse_sweep(config, 'fsdp=true,False')[1] == [True, False]
+  assert ablate.parse_sweep(config, 'model.head_hidden=(),(64,),(32, 32)')[
+      1] == [(), (64,), (32, 32)]
+  assert ablate.parse_sweep(config, "data.overrides={'noise': 1.0},{}")[1] == [
+      {'noise': 1.0}, {}]
+
+
+def test_several_sweeps_multiply_into_a_grid(tmp_path):
+  config = seed_config.get_config('runlocal')
+  config.lock()
+  sweeps = [('model.fusion', ['concat', 'tensor', 'early']),
+            ('data.name', ['synthetic_interactions/synergy',
+                           'synthetic_interactions/redundancy'])]
+  cells = ablate.make_cells(config, sweeps)
+  assert [(c['config'].model.fusion, c['config'].data.name) for c in cells] == [
+      (f, d) for f, d in itertools.product(*[v for _, v in sweeps])]
+  assert len({c['name'] for c in cells}) == 6
+  assert config.model.fusion == 'concat'  # the base config is untouched
+  runs = ablate.plan_runs(cells[:1], 3, False, str(tmp_path))
+  assert [(r['config'].seed, os.path.basename(r['dir'])) for r in runs] == [
+      (0, 'seed_0'), (1, 'seed_1'), (2, 'seed_2')]
+  (run,) = ablate.plan_runs(cells[:1], 3, True, str(tmp_path))
+  assert (run['config'].vmap.size, run['seeds']) == (3, [0, 1, 2])
+
+
+# ----------------------------------------------------------------- Maths ---
+
+@pytest.mark.parametrize('values', [[0.9, 0.92], [0.5, 0.61, 0.55, 0.7, 0.58],
+                                    [1.0, 1.0, 1.0]])
+def test_mean_ci_is_the_student_t_interval(values):
+  mean, half, n = stats.mean_ci(values)
+  assert n == len(values) and mean == pytest.approx(np.mean(values))
+  if np.std(values) == 0:  # no spread (scipy returns NaN bounds here)
+    assert half == 0
+    return
+  lo, hi = scipy.stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                  scale=scipy.stats.sem(values))
+  assert (mean - half, mean + half) == pytest.approx((lo, hi))
+
+
+def test_mean_ci_by_hand_and_with_one_seed():
+  # Two values 0 and 1: s = 0.7071, sem = 0.5, t(0.975, 1) = 12.706.
+  assert stats.mean_ci([0.0, 1.0])[1] == pytest.approx(12.7062 * 0.5, rel=1e-4)
+  mean, half, n = stats.mean_ci([0.8])
+  assert (mean, n) == (0.8, 1) and np.isnan(half)
+
+
+def test_shapley_of_an_additive_game_is_each_marginal():
+  gain = {'image': 0.3, 'text': 0.1, 'tabular': 0.05}
+  value = lambda s: 0.1 + sum(gain[m] for m in s)
+  assert stats.shapley_values(value, gain) == pytest.approx(gain)
+  assert stats.leave_one_out(value, gain) == pytest.approx(gain)
+
+
+def test_shapley_splits_pure_synergy_and_adds_up():
+  # XOR-like: neither modality alone beats chance, both together are perfect.
+  value = lambda s: 1.0 if len(s) == 2 else 0.1
+  phi = stats.shapley_values(value, ['image', 'text'])
+  assert phi == pytest.approx({'image': 0.45, 'text': 0.45})
+  assert stats.leave_one_out(value, ['image', 'text']) == pytest.approx(
+      {'image': 0.9, 'text': 0.9})
+  # A run's per-subset accuracies as the game; values add up to v(all) - v(0).
+  test = {'accuracy': 0.9, 'accuracy/image': 0.6, 'accuracy/text': 0.2}
+  phi = stats.shapley_values(stats.subset_value(test, ['image', 'text'], 0.1),
+                             ['image', 'text'])
+  assert phi == pytest.approx({'image': 0.5 * (0.5 + 0.7),
+                               'text': 0.5 * (0.1 + 0.3)})
+  assert sum(phi.values()) == pytest.approx(0.9 - 0.1)
+
+
+def test_pareto_front_by_hand():
+  gflops = [1.0, 2.0, 2.0, 3.0, 4.0, 0.5, float('nan')]
+  acc = [0.80, 0.90, 0.85, 0.90, 0.95, 0.50, 0.99]
+  # (2, .85) loses to (2, .90); (3, .90) to (2, .90); NaN is never on it.
+  assert stats.pareto_front(gflops, acc) == [True, True, False, False, True,
+                                             True, False]
+
+
+def test_robustness_areas_by_hand():
+  flat = [0.8] * 6
+  assert stats.relative_robustness(flat) == pytest.approx(0.8)
+  linear = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+  assert stats.relative_robustness(linear) == pytest.approx(0.5)
+  # Degrading like late fusion, from any clean accuracy, is effective 0.
+  lf = [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+  shifted = [a + 0.2 for a in lf]
+  assert stats.effective_robustness(shifted, lf) == pytest.approx(0)
+  assert stats.effective_robustness(flat, lf) == pytest.approx(0.25)
+  assert stats.minmax([0.2, 0.4, 0.3]) == pytest.approx([0.0, 1.0, 0.5])
