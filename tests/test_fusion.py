@@ -307,3 +307,27 @@ def test_early_vectors_and_sequences():
   seqs['image'] = rng.normal(size=(B, 5, 2))
   with pytest.raises(errors.UserError, match='aligned.*5'):
     fusion.make_fusion('early').init(jax.random.key(0), seqs, present)
+
+
+@pytest.mark.parametrize('name', ['tensor', 'low_rank_tensor', 'multiplicative',
+                                  'film', 'cross_attention', 'bottleneck',
+                                  'perceiver'])
+def test_interaction_methods_are_not_additive(name):
+  """With default options, f(a, b) - f(a, b') - f(a', b) + f(a', b') != 0.
+
+  An additive fusion (one whose output is g(a) + h(b)) makes this zero, so it
+  could never learn a synergistic label; `bottleneck` with a single fusion
+  layer was such a case.
+  """
+  module = fusion.make_fusion(name)
+  (a, a2), (b, b2) = [[random_tokens(2, seed)[0][m] for seed in (0, 1)]
+                      for m in ('audio', 'image')]
+  masks = {m: np.ones((B, LENGTHS[m]), bool) for m in ('audio', 'image')}
+  present = {m: np.ones(B, bool) for m in ('audio', 'image')}
+  params = random_params(module, {'audio': a, 'image': b}, masks, present)
+  f = fast_jit(lambda x, y: module.apply(
+      params, {'audio': x, 'image': y}, masks, present))
+  second_difference = f(a, b) - f(a, b2) - f(a2, b) + f(a2, b2)
+  scale = np.abs(np.asarray(f(a, b))).max()
+  # float32 round-off of an additive model stays near 1e-7 of the scale.
+  assert np.abs(np.asarray(second_difference)).max() > 1e-5 * scale

@@ -93,7 +93,11 @@ class Bottleneck(nn.Module):
   later layer every modality's block attends over [its tokens; the shared
   bottleneck tokens], and the new bottleneck is the mean of the modalities'
   bottleneck updates, so modalities exchange information only through the
-  bottleneck. Weights are per modality. Output: the mean over modalities of
+  bottleneck. A bottleneck written in one fusion layer is read in the next, so
+  information crosses modalities only with two or more fusion layers
+  (`num_layers - fusion_layer >= 2`); the default fuses in both layers. (With
+  the former default `fusion_layer=1`, the one fusion layer read only the
+  learned, input-free bottleneck: an additive model, at chance on synergy.) Weights are per modality. Output: the mean over modalities of
   each one's mean-pooled, layer-normed tokens.
 
   Missing: an absent modality's tokens are masked out, and it is left out of
@@ -102,7 +106,7 @@ class Bottleneck(nn.Module):
   """
   features: int | None = None  # None: widest modality width
   num_layers: int = 2
-  fusion_layer: int = 1  # first layer that uses the bottleneck
+  fusion_layer: int = 0  # first layer that uses the bottleneck
   n_bottlenecks: int = 4
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 * width
