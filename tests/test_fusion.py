@@ -305,8 +305,22 @@ def test_early_vectors_and_sequences():
       np.concatenate([pa, pi], -1)[:, None], (B, 4, 2)))
 
   seqs['image'] = rng.normal(size=(B, 5, 2))
-  with pytest.raises(errors.UserError, match='aligned.*5'):
-    fusion.make_fusion('early').init(jax.random.key(0), seqs, present)
+  with pytest.raises(errors.UserError, match='aligned.*5.*flat'):
+    fusion.make_fusion('early', layout='aligned').init(
+        jax.random.key(0), seqs, present)
+  # Unaligned raw inputs (auto) are flattened and standardised:
+  # [B, 4*3 + 5*2 + 2].
+  out, _ = random_apply(fusion.make_fusion('early'), seqs, present)
+  standard = lambda v: (v - v.mean()) / v.std()
+  np.testing.assert_allclose(out[0, :12], standard(seqs['audio'][0].reshape(-1)),
+                             atol=1e-4)
+  np.testing.assert_allclose(out[0, 12:22],
+                             standard(seqs['image'][0].reshape(-1)), atol=1e-4)
+  np.testing.assert_allclose(out[1, 12:22], 0)  # image absent in row 1
+  np.testing.assert_allclose(out[:, 22:], np.concatenate([pa, pi], -1))
+  with pytest.raises(errors.UserError, match="layout='diagonal'"):
+    fusion.make_fusion('early', layout='diagonal').init(
+        jax.random.key(0), seqs, present)
 
 
 @pytest.mark.parametrize('name', ['tensor', 'low_rank_tensor', 'multiplicative',
