@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mmfusion import conv
 from mmfusion.encoders import image
 from mmfusion.encoders import transformer
 
@@ -82,9 +83,9 @@ class AudioCnn(nn.Module):
         wave_BxS, self.sample_rate, self.n_fft, self.hop, self.n_mels)
     x = spec_BxNxM[..., None].astype(self.dtype)  # [B, N, M, 1]
     for c in self.channels:
-      x = nn.Conv(c, (3, 3), dtype=self.dtype)(x)
+      x = conv.Conv(c, (3, 3), dtype=self.dtype)(x)
       x = nn.relu(image.group_norm(c, self.groups, self.dtype)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+      x = conv.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
     b, n, m, c = x.shape
     x_BxNxMC = nn.Dropout(self.dropout, deterministic=not train)(
         x.reshape(b, n, m * c))

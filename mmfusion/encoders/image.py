@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmfusion import conv
 from mmfusion import errors
 from mmfusion.encoders import transformer
 
@@ -47,8 +48,8 @@ class Cnn(nn.Module):
   def __call__(self, x, *, train: bool = False):
     x = to_float_image(x, self.dtype)
     for c in self.channels:
-      x = nn.relu(nn.Conv(c, (3, 3), dtype=self.dtype)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')  # halves h, w
+      x = nn.relu(conv.Conv(c, (3, 3), dtype=self.dtype)(x))
+      x = conv.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')  # halves h, w
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.features, dtype=self.dtype)(x)  # [B, h, w, D]
     return map_to_tokens(x, self.pool)
@@ -56,7 +57,7 @@ class Cnn(nn.Module):
 
 def group_norm(channels: int, groups: int, dtype):
   """GroupNorm (Wu & He 2018) with the largest group count dividing `channels`."""
-  return nn.GroupNorm(num_groups=math.gcd(groups, channels), dtype=dtype)
+  return conv.GroupNorm(num_groups=math.gcd(groups, channels), dtype=dtype)
 
 
 class ResidualBlock(nn.Module):
@@ -69,15 +70,15 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC):
     s = (self.strides, self.strides)
-    y = nn.Conv(self.channels, (3, 3), s, use_bias=False, dtype=self.dtype)(
+    y = conv.Conv(self.channels, (3, 3), s, use_bias=False, dtype=self.dtype)(
         x_BxHxWxC)
     y = nn.relu(group_norm(self.channels, self.groups, self.dtype)(y))
-    y = nn.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = conv.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(y)
     y = group_norm(self.channels, self.groups, self.dtype)(y)
     shortcut = x_BxHxWxC
     if shortcut.shape != y.shape:  # projection shortcut (option B)
-      shortcut = nn.Conv(self.channels, (1, 1), s, use_bias=False,
-                         dtype=self.dtype)(shortcut)
+      shortcut = conv.Conv(self.channels, (1, 1), s, use_bias=False,
+                           dtype=self.dtype)(shortcut)
       shortcut = group_norm(self.channels, self.groups, self.dtype)(shortcut)
     return nn.relu(y + shortcut)
 
@@ -100,7 +101,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = to_float_image(x, self.dtype)
-    x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = conv.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
     x = nn.relu(group_norm(self.width, self.groups, self.dtype)(x))
     for i, size in enumerate(self.stage_sizes):
       for j in range(size):

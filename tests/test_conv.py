@@ -1,0 +1,116 @@
+"""mmfusion.conv: the same values and gradients as nn.Conv, nn.max_pool and
+nn.GroupNorm, and the same parameters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmfusion import conv
+
+
+def _close(a, b, tol=1e-4):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    scale = max(1.0, float(jnp.max(jnp.abs(y))))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0,
+                               atol=tol * scale)
+
+
+def _value_and_grads(module, params, x):
+  """Output, and gradients wrt params and input of a loss that weights every
+  output element differently (so a misplaced gradient cannot cancel)."""
+  def loss(p, x_):
+    y = module.apply({'params': p}, x_)
+    return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)))
+  return jax.jit(lambda p, x_: (module.apply({'params': p}, x_),
+                                jax.grad(loss, (0, 1))(p, x_)))(params, x)
+
+
+@pytest.mark.parametrize('kernel,strides,padding,hw', [
+    ((3, 3), 1, 'SAME', (9, 7)), ((3, 3), 2, 'SAME', (9, 8)),
+    ((3, 3), 1, 'VALID', (8, 8)), ((3, 3), 2, 'VALID', (9, 7)),
+    ((4, 4), 4, 'VALID', (9, 8)), ((1, 1), 2, 'SAME', (7, 7)),
+    ((2, 3), (1, 2), 'SAME', (6, 9))])
+def test_conv_matches_nn_conv(kernel, strides, padding, hw):
+  # 5 examples in filter-gradient chunks of 2: the last chunk is short.
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, *hw, 8))
+  ours = conv.Conv(6, kernel, strides, padding, filter_grad_chunk=2)
+  ref = nn.Conv(6, kernel, strides, padding)
+  params = ref.init(jax.random.PRNGKey(1), x)['params']
+  ours_params = ours.init(jax.random.PRNGKey(1), x)['params']
+  # Same parameter names, shapes and initial values.
+  assert jax.tree.map(jnp.shape, ours_params) == jax.tree.map(jnp.shape, params)
+  _close(ours_params, params, 0)
+  _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
+
+
+def test_conv_without_bias_and_in_bfloat16():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+  ours = conv.Conv(3, (3, 3), use_bias=False, dtype=jnp.bfloat16)
+  ref = nn.Conv(3, (3, 3), use_bias=False, dtype=jnp.bfloat16)
+  params = ref.init(jax.random.PRNGKey(1), x)['params']
+  assert set(params) == {'kernel'}
+  y = ours.apply({'params': params}, x)
+  assert y.dtype == jnp.bfloat16
+  _close(y.astype(jnp.float32),
+         ref.apply({'params': params}, x).astype(jnp.float32), 2e-2)
+
+
+@pytest.mark.parametrize('padding,hw', [('SAME', (8, 6)), ('SAME', (7, 5)),
+                                        ('VALID', (7, 5))])
+def test_max_pool_matches_flax_including_ties(padding, hw):
+  # Quantised values: many windows hold their maximum twice or more, and the
+  # gradient must still go to the first one only, as XLA's does.
+  x = jnp.round(2 * jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))) / 2
+  def loss(pool):
+    return lambda x_: jnp.sum(pool(x_) * jnp.cos(jnp.arange(
+        pool(x_).size, dtype=jnp.float32).reshape(pool(x_).shape)))
+  ours = lambda x_: conv.max_pool(x_, (2, 2), (2, 2), padding)
+  ref = lambda x_: nn.max_pool(x_, (2, 2), (2, 2), padding)
+  both = jax.jit(lambda x_: (ours(x_), ref(x_), jax.grad(loss(ours))(x_),
+                             jax.grad(loss(ref))(x_)))
+  y, y_ref, dx, dx_ref = both(x)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(dx, dx_ref)
+
+
+def test_max_pool_other_windows_fall_back_to_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 3))
+  np.testing.assert_array_equal(
+      conv.max_pool(x, (3, 3), (2, 2), 'SAME'),
+      nn.max_pool(x, (3, 3), (2, 2), 'SAME'))
+
+
+@pytest.mark.parametrize('shape,groups', [((3, 7, 5, 8), 4), ((2, 6, 16), 8),
+                                          ((2, 4, 4, 6), 1)])
+def test_group_norm_matches_flax(shape, groups):
+  x = 3 * jax.random.normal(jax.random.PRNGKey(0), shape) + 1
+  ours, ref = conv.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
+  params = ref.init(jax.random.PRNGKey(1), x)['params']
+  params = jax.tree.map(
+      lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+      params)
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)['params'])
+          == jax.tree.map(jnp.shape, params))
+  _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
+
+
+@pytest.mark.parametrize('shared_input', [False, True])
+def test_conv_vmapped_over_members_matches_each_member(shared_input):
+  """Members with their own kernels (config.vmap): the custom batching rule
+  runs them one by one and must give each member's own values and grads."""
+  k = 3
+  xs = jax.random.normal(jax.random.PRNGKey(0), (k, 12, 6, 6, 8))
+  ours = conv.Conv(4, (3, 3), filter_grad_chunk=4)
+  params = jax.vmap(lambda r: ours.init(r, xs[0])['params'])(
+      jax.random.split(jax.random.PRNGKey(1), k))
+  in_axes = (0, None) if shared_input else (0, 0)
+  x_in = xs[0] if shared_input else xs
+  got = jax.vmap(lambda p, x: _value_and_grads(ours, p, x),
+                 in_axes=in_axes)(params, x_in)
+  ref = nn.Conv(4, (3, 3))
+  for i in range(k):
+    want = _value_and_grads(ref, jax.tree.map(lambda v: v[i], params),
+                            xs[0] if shared_input else xs[i])
+    _close(jax.tree.map(lambda v: v[i], got), want)
