@@ -1,0 +1,250 @@
+r"""mmfusion's train step against the same models in PyTorch eager, side by side.
+
+  python -m benchmarks.run [--models=seed,av,transformer] [--fusions=all] \
+      [--steps=30] [--out=benchmarks/RESULTS.md]
+
+For every model (`specs.MODELS`; the seed model once per fusion method with
+--fusions): compile seconds, FLOPs and peak memory of one jitted
+`train.train_step`, then the median step time over --steps timed steps after
+--warmup, alternating in --rounds blocks with the PyTorch port of the same
+model (when torch is installed and the model has a port), so that both see the
+same machine load. Then the input pipeline's rate on the seed dataset and K
+vmapped seeds against K sequential runs. Writes one Markdown file with the
+machine, the versions and this exact command. Runs on any JAX backend; the
+PyTorch side runs on CPU.
+"""
+
+import datetime
+import importlib.util
+import math
+import os
+import shlex
+import sys
+import time
+
+from absl import app, flags, logging
+
+from benchmarks import report
+
+_MODELS = flags.DEFINE_list('models', ['seed', 'av', 'transformer'],
+                            'Models to time (benchmarks/specs.py MODELS).')
+_FUSIONS = flags.DEFINE_list(
+    'fusions', ['all'], 'Fusion methods to time on the seed model: "all" for '
+    'every registered one, "" for none.')
+_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps per model and framework.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3,
+                               'Blocks alternating mmfusion and PyTorch.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, "0: each config's own.")
+_TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch ports (if installed).')
+_TORCH_CHILD = flags.DEFINE_bool(
+    'torch_process', True, 'Run PyTorch in a child process (False: in this one).')
+_MALLOC = flags.DEFINE_bool(
+    'tune_malloc', True, "Keep freed memory in glibc's heap, in both processes "
+    '(benchmarks/malloc.py).')
+_FLAX = flags.DEFINE_list(
+    'flax_layers', [], "Also time each CNN model with flax's own layers in "
+    'place of these mmfusion.conv ones (conv, pool, norm): the A/B of the '
+    'switch.')
+_QUIET = flags.DEFINE_float(
+    'quiet_wait', 30.0, 'Before each timed block, wait up to this many seconds '
+    'for other processes to leave the CPU idle (Linux; 0: do not wait).')
+_PIPELINE = flags.DEFINE_integer(
+    'pipeline_batches', 200, 'Batches of the seed input pipeline to time (0: skip).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'TFDS data dir of the seed dataset.')
+_VMAP = flags.DEFINE_integer('vmap', 5, 'K of the vmapped-seeds comparison (0: skip).')
+_VMAP_MODELS = flags.DEFINE_list('vmap_models', ['seed', 'av'], 'Its models.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/RESULTS.md', 'Markdown file ("": none).')
+
+BUSY = []  # other processes' share of the cores before each timed block
+
+
+def _cpu_ticks():
+  with open('/proc/stat') as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  return sum(fields) - fields[3] - fields[4], sum(fields)  # busy, total
+
+
+def busy_fraction(seconds: float = 0.3) -> float | None:
+  """Share of all cores busy over `seconds` while this process sleeps."""
+  try:
+    b0, t0 = _cpu_ticks()
+    time.sleep(seconds)
+    b1, t1 = _cpu_ticks()
+  except OSError:
+    return None
+  return (b1 - b0) / max(t1 - t0, 1)
+
+
+def wait_for_quiet(max_seconds: float, threshold: float = 0.1):
+  """Sleeps until other processes use < `threshold` of the cores (or time runs
+  out), so that a timed block does not share the cores with them."""
+  if max_seconds <= 0:
+    return
+  deadline = time.monotonic() + max_seconds
+  while True:
+    busy = busy_fraction()
+    if busy is None or busy < threshold or time.monotonic() > deadline:
+      BUSY.append(busy)
+      return
+
+
+def median_ms(times):
+  return 1e3 * sorted(times)[len(times) // 2] if times else None
+
+
+def time_model(spec, worker, steps, warmup, rounds, swaps=(),
+               quiet: float = 0.0) -> dict:
+  """One row: mmfusion and (where ported) PyTorch on the same batch."""
+  from benchmarks import fast_layers, jax_bench  # pylint: disable=g-import-not-at-top
+  with fast_layers.flax_layers(swaps):  # traced and compiled inside
+    runner = jax_bench.JaxRunner(spec)
+    runner.run(warmup)
+  row = {'name': spec.name + (' (flax ' + '+'.join(swaps) + ')' if swaps
+                              else ''),
+         'batch': spec.batch_size, 'params': runner.num_params,
+         'compile_s': runner.cost['compile_s'],
+         'gflops': (runner.cost['flops'] or 0) / 1e9,
+         'peak_mb': (runner.peak_bytes or 0) / 2**20, 'note': ''}
+  torch_ok = False
+  if worker is not None:
+    try:
+      built = worker.call('build', spec.name, spec.config.to_dict(),
+                          runner.batch_np, runner.num_classes)
+      row['torch_params'] = built['param_counts']['total']
+      worker.call('run', spec.name, warmup)
+      torch_ok = True
+    except NotImplementedError as e:
+      row['note'] = str(e)
+  jax_times, torch_times = [], []
+  per_round = math.ceil(steps / rounds)
+  seen = len(BUSY)
+  for _ in range(rounds):
+    wait_for_quiet(quiet)
+    jax_times += runner.run(per_round)
+    if torch_ok:
+      wait_for_quiet(quiet)
+      torch_times += worker.call('run', spec.name, per_round)['times']
+  if torch_ok:
+    worker.call('drop', spec.name)
+  row['jax_ms'], row['torch_ms'] = median_ms(jax_times), median_ms(torch_times)
+  row['busy'] = max((b for b in BUSY[seen:] if b is not None), default=None)
+  return row
+
+
+def pipeline_rate(batches: int, batch_size: int, data_dir,
+                  quiet: float = 0.0) -> dict:
+  """Examples/s of `pipeline.train_batches` on the seed dataset (built first
+  if it is not there)."""
+  from experiments.configs import seed  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = seed.get_config()
+  if data_dir:
+    config.data.data_dir = data_dir
+  b = batch_size or config.batch_size
+  builder = pipeline.get_builder(config.data)
+  pipeline.prepare(builder)
+  it = iter(pipeline.train_batches(
+      builder.as_data_source(split='train'), batch_size=b, seed=0,
+      modalities=config.data.modalities))
+  for _ in range(5):
+    next(it)
+  wait_for_quiet(quiet)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return {'name': config.data.name, 'batch': b,
+          'examples_s': b * batches / (time.perf_counter() - t0)}
+
+
+def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
+  """K seeds in one program (as train.py runs config.vmap) vs one seed."""
+  from benchmarks import jax_bench  # pylint: disable=g-import-not-at-top
+  one, many = jax_bench.JaxRunner(spec), jax_bench.JaxRunner(spec, vmap_size=k)
+  one.run(warmup)
+  many.run(warmup)
+  wait_for_quiet(quiet)
+  t1 = median_ms(one.run(steps))
+  wait_for_quiet(quiet)
+  tk = median_ms(many.run(steps))
+  return {'name': spec.name, 'k': k, 'one_ms': t1, 'vmap_ms': tk,
+          'compile_s': many.cost['compile_s'], 'speedup': k * t1 / tk}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from benchmarks import malloc  # pylint: disable=g-import-not-at-top
+  tuned = malloc.tune_malloc() if _MALLOC.value else False  # before JAX starts
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import specs  # pylint: disable=g-import-not-at-top
+  from mmfusion import fusion, train  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # TFDS chatter
+  jax.config.update('jax_enable_compilation_cache', False)  # time compiles
+  load0 = os.getloadavg()[0]
+
+  worker, torch_line = None, 'not installed'
+  if _TORCH.value and importlib.util.find_spec('torch') is not None:
+    from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
+    worker = torch_bench.Worker(in_process=not _TORCH_CHILD.value,
+                                tune_malloc=_MALLOC.value)
+    i = worker.call('info')
+    torch_line = (f'{i["version"]} on CPU, {i["threads"]} threads, in '
+                  f'{"a child" if _TORCH_CHILD.value else "the same"} process')
+  elif not _TORCH.value:
+    torch_line = 'not run (--torch=false)'
+
+  def run(spec, swaps=()):
+    row = time_model(spec, worker, _STEPS.value, _WARMUP.value, _ROUNDS.value,
+                     swaps, _QUIET.value)
+    print(report.step_table([row]).splitlines()[-1], flush=True)
+    return row
+
+  rows = []
+  for name in _MODELS.value:
+    spec = specs.get_spec(name, batch_size=_BATCH.value)
+    rows.append(run(spec))
+    if _FLAX.value and specs.has_cnn(spec):
+      rows.append(run(spec, tuple(_FLAX.value)))
+  fusions = list(fusion.FUSIONS) if _FUSIONS.value == ['all'] else _FUSIONS.value
+  fusion_rows = [run(specs.get_spec('seed', f, _BATCH.value)) for f in fusions]
+  if worker is not None:
+    worker.close()
+
+  pipe = None
+  if _PIPELINE.value:
+    pipe = pipeline_rate(_PIPELINE.value, _BATCH.value, _DATA_DIR.value,
+                         _QUIET.value)
+    seed_rows = [r for r in rows if r['name'] == 'seed']
+    if seed_rows:
+      pipe['step_examples_s'] = report.ex_s(seed_rows[0]['batch'],
+                                            seed_rows[0]['jax_ms'])
+    print(f'pipeline {pipe["examples_s"]:,.0f} examples/s', flush=True)
+  vmaps, vmap_note = [], ''
+  if _VMAP.value > 1 and not hasattr(train, 'members'):
+    vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
+  elif _VMAP.value > 1:
+    for name in _VMAP_MODELS.value:
+      vmaps.append(vmap_row(specs.get_spec(name, batch_size=_BATCH.value),
+                            _VMAP.value, _STEPS.value, _WARMUP.value,
+                            _QUIET.value))
+      print(f'vmap {name}: {vmaps[-1]["speedup"]:.2f}x', flush=True)
+
+  info = {
+      'command': 'python -m benchmarks.run ' + ' '.join(
+          shlex.quote(a) for a in sys.argv[1:]),
+      'date': datetime.date.today().isoformat(),
+      'backend': specs.backend_summary(), 'torch': torch_line,
+      'load': (load0, os.getloadavg()[0]), 'busy': report.busy_summary(BUSY),
+      'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rounds': _ROUNDS.value,
+      'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
+  text = report.markdown(rows, fusion_rows, pipe, vmaps, info)
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      f.write(text + '\n')
+  print('\n' + text)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,81 @@
+"""The benchmark harness on the seed model for a couple of steps, with and
+without PyTorch (only the PyTorch parts skip when torch is not installed)."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import fast_layers, report, run, specs
+from mmfusion import conv, models
+from mmfusion.encoders import image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_PARAMS = (100 * 64 + 64) + (50 * 64 + 64) + 2 * 64 + (128 * 10 + 10)
+
+
+def _seed_spec():
+  return specs.get_spec('seed', batch_size=8)
+
+
+def test_command_line_times_the_seed_model_without_pytorch(tmp_path):
+  out = tmp_path / 'results.md'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.run', '--models=seed', '--fusions=',
+       '--batch_size=8', '--steps=2', '--warmup=1', '--rounds=1',
+       '--pipeline_batches=0', '--vmap=0', '--torch=false', '--quiet_wait=0',
+       f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = out.read_text()
+  assert '`python -m benchmarks.run --models=seed --fusions= ' in text
+  assert 'GPU: not measured yet' in text
+  row = next(l for l in text.splitlines() if l.startswith('| seed |'))
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  assert cells[:3] == ['seed', '8', f'{SEED_PARAMS:,}']
+  assert float(cells[3]) > 0 and float(cells[6]) > 0  # compile s, step ms
+  assert cells[8] == '-'  # no PyTorch time
+
+
+def test_flax_layers_swap_is_undone():
+  with fast_layers.flax_layers(('conv', 'pool', 'norm')):
+    assert image.conv.Conv is nn.Conv and image.conv.conv2d is conv.conv2d
+  assert image.conv is conv
+
+
+def test_pytorch_runs_side_by_side_in_a_child_process():
+  pytest.importorskip('torch')
+  from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
+  worker = torch_bench.Worker()
+  try:
+    row = run.time_model(_seed_spec(), worker, steps=2, warmup=1, rounds=2)
+  finally:
+    worker.close()
+  assert row['torch_params'] == SEED_PARAMS
+  assert row['torch_ms'] > 0
+  assert '**' in report.step_table([row])  # the mmfusion / PyTorch ratio
+
+
+@pytest.mark.parametrize('name', ['seed', 'av'])
+def test_pytorch_port_computes_the_same_logits(name):
+  torch = pytest.importorskip('torch')
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  spec = specs.get_spec(name, batch_size=3)
+  abstract, num_classes = specs.input_spec(spec.config, 3)
+  batch = specs.make_batch(abstract, num_classes, spec.config)
+  model = models.from_config(spec.config.model, num_classes)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)['params']
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, batch)[0])
+  port = torch_models.build(
+      spec.config.model, {m: batch[m].shape[1:] for m in spec.config.model.encoders},
+      num_classes)
+  torch_models.load_flax_params(port, params).eval()
+  with torch.no_grad():
+    ours = port({k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32
+                                     else v) for k, v in batch.items()})
+  np.testing.assert_allclose(ours.numpy(), logits, atol=1e-5, rtol=1e-4)
