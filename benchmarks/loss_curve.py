@@ -40,8 +40,7 @@ def _train(config, swaps) -> tuple[list, dict, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from benchmarks import malloc  # pylint: disable=g-import-not-at-top
-  malloc.tune_malloc()
+  cli.tune_malloc()
   logging.set_verbosity(logging.ERROR)
   config = cli.config()
   before, summary0, s0 = _train(config, tuple(_SWAPS.value))

@@ -85,7 +85,7 @@ def markdown(rows, fusion_rows, pipe, vmaps, info) -> str:
       f'- mmfusion: `train.train_step` jitted with the state donated, as the '
       f'training loop runs it; compile = trace + lower + XLA compile, no '
       f'persistent cache; peak MB = arguments + outputs + temporaries - donated '
-      f'(XLA memory analysis); glibc heap tuning (benchmarks/malloc.py): '
+      f'(XLA memory analysis); glibc heap tuning (mmfusion/malloc.py, --tune_malloc): '
       f'{info["malloc"]}',
       '- PyTorch: the same model (benchmarks/torch_models.py: same layers and '
       'parameter counts per part, the GRU keeps 2 x 64 more biases; the same '

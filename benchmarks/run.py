@@ -25,6 +25,7 @@ import time
 from absl import app, flags, logging
 
 from benchmarks import report
+from mmfusion import cli
 
 _MODELS = flags.DEFINE_list('models', ['seed', 'av', 'transformer'],
                             'Models to time (benchmarks/specs.py MODELS).')
@@ -39,9 +40,6 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, "0: each config's own.")
 _TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch ports (if installed).')
 _TORCH_CHILD = flags.DEFINE_bool(
     'torch_process', True, 'Run PyTorch in a child process (False: in this one).')
-_MALLOC = flags.DEFINE_bool(
-    'tune_malloc', True, "Keep freed memory in glibc's heap, in both processes "
-    '(benchmarks/malloc.py).')
 _FLAX = flags.DEFINE_list(
     'flax_layers', [], "Also time each CNN model with flax's own layers in "
     'place of these mmfusion.conv ones (conv, pool, norm): the A/B of the '
@@ -175,8 +173,7 @@ def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from benchmarks import malloc  # pylint: disable=g-import-not-at-top
-  tuned = malloc.tune_malloc() if _MALLOC.value else False  # before JAX starts
+  tuned = cli.tune_malloc()  # before JAX starts; the PyTorch child too
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import specs  # pylint: disable=g-import-not-at-top
   from mmfusion import fusion, train  # pylint: disable=g-import-not-at-top
@@ -188,7 +185,7 @@ def main(argv):
   if _TORCH.value and importlib.util.find_spec('torch') is not None:
     from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
     worker = torch_bench.Worker(in_process=not _TORCH_CHILD.value,
-                                tune_malloc=_MALLOC.value)
+                                tune_malloc=cli.TUNE_MALLOC.value)
     i = worker.call('info')
     torch_line = (f'{i["version"]} on CPU, {i["threads"]} threads, in '
                   f'{"a child" if _TORCH_CHILD.value else "the same"} process')

@@ -375,6 +375,7 @@ def collect(runs, kinds, workdir: str) -> list[dict]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.tune_malloc()
   config = cli.config()
   sweeps = [parse_sweep(config, s) for s in _SWEEP.value]
   if _SEEDS.value < 1:

@@ -14,6 +14,16 @@ from ml_collections import config_flags
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. experiments/configs/seed.py.',
     lock_config=True)
+TUNE_MALLOC = flags.DEFINE_bool(
+    'tune_malloc', True, "Keep freed memory in glibc's heap for reuse "
+    "(mmfusion/malloc.py): XLA:CPU's per-step temporaries then skip the page "
+    'faults of fresh mmap-ed blocks.')
+
+
+def tune_malloc() -> bool:
+  """Applies --tune_malloc; call before JAX starts its threads."""
+  from mmfusion import malloc  # pylint: disable=g-import-not-at-top
+  return malloc.tune_malloc() if TUNE_MALLOC.value else False
 
 
 def parse_flags(argv):

@@ -32,6 +32,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.tune_malloc()
   import jax  # After flag parsing, so XLA_FLAGS set by a launcher apply.
   from mmfusion import errors, sharding, train
   if _CACHE.value:
