@@ -211,7 +211,7 @@ class Bottleneck(nn.Module):
   """mmfusion.fusion.attention.Bottleneck (MBT, Nagrani et al. 2021)."""
 
   def __init__(self, widths: dict, features=None, num_layers=2,
-               fusion_layer=1, n_bottlenecks=4, num_heads=4, mlp_dim=None):
+               fusion_layer=0, n_bottlenecks=4, num_heads=4, mlp_dim=None):
     super().__init__()
     d = int(features or max(widths.values()))
     self.names = sorted(widths)

@@ -61,7 +61,7 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
   assert '**' in report.step_table([row])  # the mmfusion / PyTorch ratio
 
 
-@pytest.mark.parametrize('name', ['seed', 'av'])
+@pytest.mark.parametrize('name', ['seed', 'av', 'transformer'])
 def test_pytorch_port_computes_the_same_logits(name):
   torch = pytest.importorskip('torch')
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
