@@ -8,7 +8,8 @@ For every model (`specs.MODELS`; the seed model once per fusion method with
 `train.train_step`, then the median step time over --steps timed steps after
 --warmup, alternating in --rounds blocks with the PyTorch port of the same
 model (when torch is installed and the model has a port), so that both see the
-same machine load. Then the input pipeline's rate on the seed dataset and K
+same machine load. Then each model's input pipeline rate against its step's
+demand, and K
 vmapped seeds against K sequential runs. Writes one Markdown file with the
 machine, the versions and this exact command. Runs on any JAX backend; the
 PyTorch side runs on CPU.
@@ -48,7 +49,8 @@ _QUIET = flags.DEFINE_float(
     'quiet_wait', 30.0, 'Before each timed block, wait up to this many seconds '
     'for other processes to leave the CPU idle (Linux; 0: do not wait).')
 _PIPELINE = flags.DEFINE_integer(
-    'pipeline_batches', 200, 'Batches of the seed input pipeline to time (0: skip).')
+    'pipeline_batches', 200, "Batches of each --models dataset's input "
+    'pipeline to time (0: skip).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir of the seed dataset.')
 _VMAP = flags.DEFINE_integer('vmap', 5, 'K of the vmapped-seeds comparison (0: skip).')
@@ -131,29 +133,28 @@ def time_model(spec, worker, steps, warmup, rounds, swaps=(),
   return row
 
 
-def pipeline_rate(batches: int, batch_size: int, data_dir,
-                  quiet: float = 0.0) -> dict:
-  """Examples/s of `pipeline.train_batches` on the seed dataset (built first
-  if it is not there)."""
-  from experiments.configs import seed  # pylint: disable=g-import-not-at-top
+def pipeline_rate(spec, batches: int, data_dir, quiet: float = 0.0) -> dict:
+  """Examples/s of `pipeline.train_batches` (Grain, no workers, as
+  `mmfusion.main` runs it) on the dataset of `spec`'s config, built first if
+  it is not in `data_dir`."""
   from mmfusion.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = seed.get_config()
+  config = spec.config
   if data_dir:
     config.data.data_dir = data_dir
-  b = batch_size or config.batch_size
   builder = pipeline.get_builder(config.data)
   pipeline.prepare(builder)
   it = iter(pipeline.train_batches(
-      builder.as_data_source(split='train'), batch_size=b, seed=0,
-      modalities=config.data.modalities))
+      builder.as_data_source(split='train'), batch_size=spec.batch_size,
+      seed=0, modalities=config.data.modalities))
   for _ in range(5):
     next(it)
   wait_for_quiet(quiet)
   t0 = time.perf_counter()
   for _ in range(batches):
     next(it)
-  return {'name': config.data.name, 'batch': b,
-          'examples_s': b * batches / (time.perf_counter() - t0)}
+  return {'name': spec.name, 'dataset': config.data.name,
+          'batch': spec.batch_size,
+          'examples_s': spec.batch_size * batches / (time.perf_counter() - t0)}
 
 
 def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
@@ -209,15 +210,15 @@ def main(argv):
   if worker is not None:
     worker.close()
 
-  pipe = None
-  if _PIPELINE.value:
-    pipe = pipeline_rate(_PIPELINE.value, _BATCH.value, _DATA_DIR.value,
-                         _QUIET.value)
-    seed_rows = [r for r in rows if r['name'] == 'seed']
-    if seed_rows:
-      pipe['step_examples_s'] = report.ex_s(seed_rows[0]['batch'],
-                                            seed_rows[0]['jax_ms'])
-    print(f'pipeline {pipe["examples_s"]:,.0f} examples/s', flush=True)
+  pipes = []
+  for name in _MODELS.value if _PIPELINE.value else ():
+    spec = specs.get_spec(name, batch_size=_BATCH.value)
+    pipes.append(pipeline_rate(spec, _PIPELINE.value, _DATA_DIR.value,
+                               _QUIET.value))
+    row = next(r for r in rows if r['name'] == name)
+    pipes[-1]['step_examples_s'] = report.ex_s(row['batch'], row['jax_ms'])
+    print(f'pipeline {name}: {pipes[-1]["examples_s"]:,.0f} examples/s',
+          flush=True)
   vmaps, vmap_note = [], ''
   if _VMAP.value > 1 and not hasattr(train, 'members'):
     vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
@@ -236,7 +237,7 @@ def main(argv):
       'load': (load0, os.getloadavg()[0]), 'busy': report.busy_summary(BUSY),
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rounds': _ROUNDS.value,
       'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
-  text = report.markdown(rows, fusion_rows, pipe, vmaps, info)
+  text = report.markdown(rows, fusion_rows, pipes, vmaps, info)
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       f.write(text + '\n')

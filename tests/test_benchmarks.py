@@ -22,13 +22,13 @@ def _seed_spec():
   return specs.get_spec('seed', batch_size=8)
 
 
-def test_command_line_times_the_seed_model_without_pytorch(tmp_path):
+def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir):
   out = tmp_path / 'results.md'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.run', '--models=seed', '--fusions=',
        '--batch_size=8', '--steps=2', '--warmup=1', '--rounds=1',
-       '--pipeline_batches=0', '--vmap=0', '--torch=false', '--quiet_wait=0',
+       '--pipeline_batches=2', f'--data_dir={data_dir}', '--vmap=0', '--torch=false', '--quiet_wait=0',
        f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -40,6 +40,8 @@ def test_command_line_times_the_seed_model_without_pytorch(tmp_path):
   assert cells[:3] == ['seed', '8', f'{SEED_PARAMS:,}']
   assert float(cells[3]) > 0 and float(cells[6]) > 0  # compile s, step ms
   assert cells[8] == '-'  # no PyTorch time
+  pipe = next(l for l in text.splitlines() if l.startswith('| seed | synthetic'))
+  assert float(pipe.split('|')[4].replace(',', '')) > 0  # examples/s
 
 
 def test_flax_layers_swap_is_undone():
