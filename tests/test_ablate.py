@@ -63,7 +63,7 @@ def test_sweep_trains_reports_and_resumes_only_what_is_missing(tmp_path,
         r['test/accuracy'])
     shapley = float(r['shapley/image']) + float(r['shapley/text'])
     assert shapley == pytest.approx(float(r['test/accuracy']) - 0.1)
-  assert rows[0]['test/accuracy'] != rows[1]['test/accuracy']  # two seeds
+  assert rows[0]['test/loss'] != rows[1]['test/loss']  # two seeds
 
   # Interrupt one cell: its results and its latest checkpoint are gone.
   cells = workdir / 'cells'

@@ -80,6 +80,28 @@ def test_batches_follow_the_contract_and_resume(data_dir):
   np.testing.assert_array_equal(next(resumed)['image'], expected['image'])
 
 
+def test_in_memory_and_streamed_batches_are_equal_and_epochs_permute(data_dir):
+  builder = pipeline.get_builder(_config('redundancy', data_dir))
+  pipeline.prepare(builder)
+  source = builder.as_data_source(split='train')  # 64 examples
+  make = lambda limit: iter(pipeline.train_batches(
+      source, batch_size=24, seed=5, modalities=('image', 'text'),
+      in_memory_bytes=limit))
+  assert pipeline.in_memory(source, ('image',), 0) is None
+  memory, streamed = make(2**30), make(0)
+  labels = []
+  for _ in range(8):  # 192 rows = 3 epochs; batches straddle their ends
+    a, b = next(memory), next(streamed)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+    labels.append(a['label'])
+  epochs = np.concatenate(labels).reshape(3, 64)
+  everything = np.sort([source[i]['label'] for i in range(64)])
+  for epoch in epochs:  # each epoch visits every example once
+    np.testing.assert_array_equal(np.sort(epoch), everything)
+  assert (epochs[0] != epochs[1]).any()  # reshuffled
+
+
 def test_eval_batches_cover_each_example_once(data_dir):
   builder = pipeline.get_builder(_config('redundancy', data_dir))
   pipeline.prepare(builder)

@@ -12,9 +12,11 @@ Batch contract (see DESIGN.md): one key per modality, `label` int32 [B], and
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import sys
 
 import grain
 import jax
@@ -103,9 +105,38 @@ def _to_batch(examples, modalities):
   return batch
 
 
+# Splits whose decoded arrays fit in this many bytes are decoded once and
+# batched from memory: decoding a TFDS record costs ~50-130 us in Python, which
+# caps a per-record pipeline at ~10k examples/s, far below a small model's step.
+IN_MEMORY_BYTES = 2**30
+
+
+def _read(source, indices) -> list:
+  """Records `indices` of `source`, with one batched read where it has one."""
+  getitems = getattr(source, '__getitems__', None)
+  if getitems is not None:
+    return list(getitems([int(i) for i in indices]))
+  return [source[int(i)] for i in indices]
+
+
+def in_memory(source, modalities, max_bytes: int = IN_MEMORY_BYTES):
+  """The whole of `source` as one stacked batch dict, or None when its decoded
+  arrays would take more than `max_bytes` (estimated from the first record)."""
+  n = len(source)
+  if n == 0:
+    return None
+  first = _to_batch(_read(source, [0]), modalities)
+  if n * sum(v.nbytes for v in first.values()) > max_bytes:
+    return None
+  chunks = [_to_batch(_read(source, range(i, min(i + 1024, n))), modalities)
+            for i in range(0, n, 1024)]
+  return {k: np.concatenate([c[k] for c in chunks]) for k in first}
+
+
 def train_batches(source, *, batch_size: int, seed: int, modalities,
                   process_index: int = 0, process_count: int = 1,
-                  modality_dropout: dict | None = None):
+                  modality_dropout: dict | None = None,
+                  in_memory_bytes: int = IN_MEMORY_BYTES):
   """Endless per-process batches of `batch_size`, reshuffled every epoch.
 
   Global batch g is elements [g*G, (g+1)*G) of one shuffled stream (G =
@@ -113,17 +144,33 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
   so any number of processes trains on exactly the batches one process would.
   `modality_dropout` ({modality: probability}) hides modalities per example,
   recorded in `present/<m>`, drawn from (seed, batch index, process): a
-  resumed run sees the same masks.
+  resumed run sees the same masks. A split that fits in `in_memory_bytes` is
+  decoded once and batched by indexing; the batches are the same either way.
+  Rows need not be in one epoch: a split smaller than a batch repeats in it.
   """
-  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-  local, global_ = batch_size, batch_size * process_count
+  n, local, global_ = len(source), batch_size, batch_size * process_count
+  # Epoch e visits the records in the order of a permutation drawn from
+  # (seed, e): vectorised, so batching costs microseconds, not a lookup per row.
+  permutation = functools.lru_cache(maxsize=4)(
+      lambda epoch: np.random.default_rng([seed, epoch]).permutation(n))
 
-  def example(i):  # i-th example this process reads
-    return stream[(i // local) * global_ + process_index * local + i % local]
+  def records(b):  # record indices of this process's batch b
+    pos_L = b * global_ + process_index * local + np.arange(local)
+    epoch_L, k_L = np.divmod(pos_L, n)
+    rows_L = np.empty(local, np.int64)
+    for e in np.unique(epoch_L):  # one epoch, or two where a batch spans them
+      rows_L[epoch_L == e] = permutation(int(e))[k_L[epoch_L == e]]
+    return rows_L
 
-  ds = grain.MapDataset.range(len(stream)).map(example)
-  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
-  ds = ds.map(lambda examples: _to_batch(examples, modalities))
+  arrays = in_memory(source, modalities, in_memory_bytes)
+
+  def batch_of(b):
+    rows_L = records(b)
+    if arrays is None:
+      return _to_batch(_read(source, rows_L), modalities)
+    return {k: v[rows_L] for k, v in arrays.items()}
+
+  ds = grain.MapDataset.range(sys.maxsize // global_).map(batch_of)
   if modality_dropout:
     rates = dict(modality_dropout)
     unknown = sorted(set(rates) - set(modalities))
