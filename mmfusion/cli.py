@@ -15,9 +15,11 @@ CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. experiments/configs/seed.py.',
     lock_config=True)
 TUNE_MALLOC = flags.DEFINE_bool(
-    'tune_malloc', True, "Keep freed memory in glibc's heap for reuse "
+    'tune_malloc', False, "Keep freed memory in glibc's heap for reuse "
     "(mmfusion/malloc.py): XLA:CPU's per-step temporaries then skip the page "
-    'faults of fresh mmap-ed blocks.')
+    'faults of fresh mmap-ed blocks (faster CPU steps). Off by default: an '
+    'ablation process that trained many models with it on hung twice, its '
+    'XLA computation never completing; the cause is not yet known.')
 
 
 def tune_malloc() -> bool:
