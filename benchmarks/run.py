@@ -55,9 +55,6 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir of the seed dataset.')
 _VMAP = flags.DEFINE_integer('vmap', 5, 'K of the vmapped-seeds comparison (0: skip).')
 _VMAP_MODELS = flags.DEFINE_list('vmap_models', ['seed', 'av'], 'Its models.')
-_NOTES = flags.DEFINE_string(
-    'notes', None, 'A Markdown file (the targets, what was tried, what is '
-    'left) that the output ends with.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/RESULTS.md', 'Markdown file ("": none).')
 
 BUSY = []  # other processes' share of the cores before each timed block
@@ -177,8 +174,8 @@ def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if _NOTES.value and not os.path.isfile(_NOTES.value):
-    raise app.UsageError(f'--notes={_NOTES.value}: no such file; pass the '
+  if cli.NOTES.value and not os.path.isfile(cli.NOTES.value):
+    raise app.UsageError(f'--notes={cli.NOTES.value}: no such file; pass the '
                          'Markdown file to append, e.g. benchmarks/notes.md.')
   tuned = cli.tune_malloc()  # before JAX starts; the PyTorch child too
   import jax  # pylint: disable=g-import-not-at-top
@@ -244,8 +241,8 @@ def main(argv):
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rounds': _ROUNDS.value,
       'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
   text = report.markdown(rows, fusion_rows, pipes, vmaps, info)
-  if _NOTES.value:
-    with open(_NOTES.value) as f:
+  if cli.NOTES.value:
+    with open(cli.NOTES.value) as f:
       text += '\n' + f.read().strip()
   if _OUT.value:
     with open(_OUT.value, 'w') as f:

@@ -42,9 +42,6 @@ _SWEEP = flags.DEFINE_multi_string(
     'sweep', [], 'KEY=V1,V2,...: values of one config key; several --sweep '
     'flags multiply into a grid, e.g. --sweep=model.fusion=concat,tensor.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per cell: config.seed + i.')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Where the runs and the report go; re-running with the '
-    'same workdir resumes.')
 _VMAP = flags.DEFINE_bool(
     'vmap_seeds', True, "Train a cell's seeds in one vmapped program when the "
     'config has a `vmap` key.')
@@ -57,15 +54,9 @@ _REFERENCE = flags.DEFINE_string(
 _TIME_STEPS = flags.DEFINE_integer(
     'time_steps', 20,
     'Train steps timed per cell for the cost table (0: none).')
-_NOTES = flags.DEFINE_string(
-    'notes', None, 'A Markdown file whose text report.md ends with.')
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, "Show each run's training output instead of only writing "
     'it to the run\'s train.log.')
-_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.expanduser('~/.cache/mmfusion/jax'),
-    'Persistent XLA compilation cache directory ("" turns it off).')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 # ------------------------------------------------------------------ Grid ---
@@ -381,22 +372,21 @@ def main(argv):
   if _SEEDS.value < 1:
     cli.fail(f'--seeds must be at least 1, got {_SEEDS.value}.')
   cells = make_cells(config, sweeps)
-  workdir = os.path.abspath(_WORKDIR.value)
+  workdir = os.path.abspath(cli.WORKDIR.value)
   notes = None
-  if _NOTES.value:
+  if cli.NOTES.value:
     try:
-      with open(_NOTES.value) as f:
+      with open(cli.NOTES.value) as f:
         notes = f.read()
     except OSError as e:
-      cli.fail(f'cannot read the --notes file {_NOTES.value!r} ({e.strerror}); '
+      cli.fail(f'cannot read the --notes file {cli.NOTES.value!r} ({e.strerror}); '
                f'pass a Markdown file or leave the flag out.')
 
-  import jax  # After flag parsing, so XLA_FLAGS set by a launcher apply.
-  from experiments.report import document, evaluation
+  # JAX only after flag parsing, so XLA_FLAGS set by a launcher apply.
+  from experiments.report import document, evaluation  # pylint: disable=g-import-not-at-top
   from mmfusion import errors, models
   from mmfusion.data import pipeline
-  if _CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _CACHE.value)
+  cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   kinds = (evaluation.available_kinds() if _CORRUPTIONS.value is None
            else tuple(_CORRUPTIONS.value))
@@ -429,4 +419,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)

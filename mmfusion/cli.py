@@ -1,10 +1,14 @@
-"""What the command-line tools share: the --config flag, and bad input told in
+"""What the command-line tools share: the flags they have in common (--config,
+--workdir, --compilation_cache, --tune_malloc, --notes), and bad input told in
 one sentence (`mmfusion: error: ...` on stderr, exit status 2, no traceback).
 
-Used by `mmfusion.main` and `mmfusion.cost`. Imports no JAX, so a launcher's
+Used by `mmfusion.main`, `mmfusion.cost`, `experiments.ablate` and
+`benchmarks`; defining a shared flag here, once, lets them be imported into
+one process. Imports no JAX, so a launcher's
 XLA_FLAGS still apply after flag parsing.
 """
 
+import os
 import re
 import sys
 
@@ -14,18 +18,34 @@ from ml_collections import config_flags
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. experiments/configs/seed.py.',
     lock_config=True)
+WORKDIR = flags.DEFINE_string(
+    'workdir', None, "Where checkpoints, metrics and results go (an ablation's "
+    'runs and report); re-running with the same workdir resumes.')
+COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', os.path.expanduser('~/.cache/mmfusion/jax'),
+    'Persistent XLA compilation cache directory ("" turns it off).')
 TUNE_MALLOC = flags.DEFINE_bool(
     'tune_malloc', False, "Keep freed memory in glibc's heap for reuse "
     "(mmfusion/malloc.py): XLA:CPU's per-step temporaries then skip the page "
     'faults of fresh mmap-ed blocks (faster CPU steps). Off by default: an '
     'ablation process that trained many models with it on hung twice, its '
     'XLA computation never completing; the cause is not yet known.')
+NOTES = flags.DEFINE_string(
+    'notes', None, 'A Markdown file (what was found, what is left) that the '
+    'written report ends with.')
 
 
 def tune_malloc() -> bool:
   """Applies --tune_malloc; call before JAX starts its threads."""
   from mmfusion import malloc  # pylint: disable=g-import-not-at-top
   return malloc.tune_malloc() if TUNE_MALLOC.value else False
+
+
+def use_compilation_cache():
+  """Applies --compilation_cache; call after flag parsing."""
+  if COMPILATION_CACHE.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE.value)
 
 
 def parse_flags(argv):

@@ -4,18 +4,10 @@ Parses flags and hands over to `train.train_and_evaluate`. Errors that a user
 can fix (`errors.UserError`) print as one sentence and exit with status 2.
 """
 
-import os
-
 from absl import app, flags, logging
 
 from mmfusion import cli
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Where checkpoints, metrics and results go; re-running '
-    'with the same workdir resumes.')
-_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.expanduser('~/.cache/mmfusion/jax'),
-    'Persistent XLA compilation cache directory ("" turns it off).')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '', 'Multi-host: HOST:PORT of process 0, the same '
     'on every process.')
@@ -26,26 +18,25 @@ _PROCESS_ID = flags.DEFINE_integer(
 _DISTRIBUTED_AUTO = flags.DEFINE_bool(
     'distributed_auto', False, 'Multi-host: let jax.distributed.initialize '
     'read the cluster (TPU pod, SLURM, Open MPI) instead of the flags above.')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cli.tune_malloc()
-  import jax  # After flag parsing, so XLA_FLAGS set by a launcher apply.
-  from mmfusion import errors, sharding, train
-  if _CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _CACHE.value)
+  # JAX only after flag parsing, so XLA_FLAGS set by a launcher apply.
+  from mmfusion import errors, sharding, train  # pylint: disable=g-import-not-at-top
+  cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   config = cli.config()
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, cli.WORKDIR.value)
   except errors.UserError as e:
     cli.fail(str(e))
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)

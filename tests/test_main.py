@@ -71,3 +71,14 @@ def test_workdir_of_another_experiment_is_refused_untouched(finished_workdir,
   assert type(e.value).__name__ == 'UserError'
   assert "model.fusion: 'concat' there, 'sum' now" in str(e.value)
   assert _snapshot(finished_workdir) == before
+
+
+def test_every_command_line_tool_imports_into_one_process():
+  """Flags are process-global: two tools defining one name cannot be imported
+  together (a test suite, a notebook), so shared flags live in mmfusion.cli."""
+  tools = ['mmfusion.main', 'mmfusion.cost', 'experiments.ablate',
+           'benchmarks.run', 'benchmarks.loss_curve']
+  code = ''.join(f'import {t}\n' for t in tools)
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
