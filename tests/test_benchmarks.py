@@ -81,3 +81,34 @@ def test_pytorch_port_computes_the_same_logits(name):
     ours = port({k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32
                                      else v) for k, v in batch.items()})
   np.testing.assert_allclose(ours.numpy(), logits, atol=1e-5, rtol=1e-4)
+
+
+def test_whole_runs_times_k_sequential_runs_against_one_vmapped(tmp_path,
+                                                                 data_dir):
+  from benchmarks import whole_runs  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  sets = ['batch_size=16', 'total_steps=6', 'eval_every=6', 'log_every=3',
+          'optimizer.warmup_steps=2', f'data.data_dir={data_dir}',
+          "data.overrides={'num_train': 256, 'num_validation': 64, "
+          "'num_test': 64}"]
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.whole_runs',
+       '--run_config=seed:uniqueness_image,runlocal', '--k=2',
+       *(f'--set={s}' for s in sets), f'--runs_dir={tmp_path}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = proc.stdout.strip().splitlines()[-1]
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  assert cells[:2] == ['seed:uniqueness_image,runlocal', '2']
+  total, each = cells[2].split(' ', 1)
+  assert float(total) == pytest.approx(
+      sum(map(float, each.strip('()').split(', '))), abs=0.11)
+  assert float(cells[4]) == pytest.approx(float(cells[3]) / float(total),
+                                          abs=0.01)
+  run_dir = tmp_path / 'seed_uniqueness_image_runlocal'
+  seeds = [whole_runs.seed_accuracies(str(run_dir / f'seq{s}'))[0]
+           for s in (0, 1)]
+  members = whole_runs.seed_accuracies(str(run_dir / 'vmap'))
+  assert len(members) == 2
+  # Member k of the vmapped run is the run with seed k.
+  np.testing.assert_allclose(members, seeds, atol=0.02)
