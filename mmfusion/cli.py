@@ -25,11 +25,10 @@ COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.expanduser('~/.cache/mmfusion/jax'),
     'Persistent XLA compilation cache directory ("" turns it off).')
 TUNE_MALLOC = flags.DEFINE_bool(
-    'tune_malloc', False, "Keep freed memory in glibc's heap for reuse "
+    'tune_malloc', True, "Keep freed memory in glibc's heap for reuse "
     "(mmfusion/malloc.py): XLA:CPU's per-step temporaries then skip the page "
-    'faults of fresh mmap-ed blocks (faster CPU steps). Off by default: an '
-    'ablation process that trained many models with it on hung twice, its '
-    'XLA computation never completing; the cause is not yet known.')
+    'faults of fresh mmap-ed blocks (faster CPU steps; the process keeps its '
+    'peak memory until it exits).')
 NOTES = flags.DEFINE_string(
     'notes', None, 'A Markdown file (what was found, what is left) that the '
     'written report ends with.')

@@ -57,6 +57,20 @@ def create_train_state(model, tx, example_batch, seed,
                     lr_scale=jnp.asarray(lr_scale, jnp.float32))
 
 
+def init_members(model, tx, example_batch, seeds, lr_scales) -> TrainState:
+  """K train states stacked on a leading axis, initialised one after another.
+
+  Not `jax.vmap`: vmapped, flax's orthogonal initialisers (GRU, LSTM) become
+  one batched LAPACK QR, which jaxlib splits over XLA:CPU's intra-op thread
+  pool from inside a task of that pool; two such QRs at once can leave every
+  worker waiting for a free one, and the program never finishes (seen on 2
+  cores). `lax.map` keeps each QR unbatched; the states are the same.
+  """
+  return jax.lax.map(
+      lambda sl: create_train_state(model, tx, example_batch, *sl),
+      (jnp.asarray(seeds), jnp.asarray(lr_scales)))
+
+
 def members(config):
   """(seeds [K], lr_scales [K]) of the K runs that `config.vmap` trains at once.
 
@@ -207,9 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   seeds, lr_scales = members(config)
   vmapped = len(seeds) > 1  # K runs in one program, each leaf [K, ...]
   if vmapped:
-    init = lambda: jax.vmap(
-        lambda s, l: create_train_state(model, tx, example, s, l))(
-            seeds, lr_scales)
+    init = lambda: init_members(model, tx, example, seeds, lr_scales)
   else:
     init = lambda: create_train_state(model, tx, example, config.seed)
   abstract = jax.eval_shape(init)

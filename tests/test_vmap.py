@@ -48,3 +48,28 @@ def test_vmapped_learning_rates_scale_exactly(tmp_path, data_dir):
   assert curves[0][-1] > curves[1][-1]  # the smaller rate learns slower
   np.testing.assert_allclose(
       [m['learning_rate'] for m in summary['members']], [lr / 10, lr], rtol=1e-6)
+
+
+def test_member_init_keeps_lapack_qr_unbatched():
+  """A batched QR (vmapped orthogonal init of a GRU) can deadlock XLA:CPU's
+  intra-op pool; `init_members` must give the same states without one."""
+  import re  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments.configs import av_digits  # pylint: disable=g-import-not-at-top
+  from mmfusion import models  # pylint: disable=g-import-not-at-top
+  config = av_digits.get_config('text')
+  model = models.from_config(config.model, 10)
+  tx = train.make_optimizer(config)
+  example = {'text': np.zeros((1, 16), np.int32), 'label': np.zeros((1,), np.int32),
+             'present/text': np.ones((1,), bool)}
+  seeds, scales = np.arange(3), np.ones(3, np.float32)
+  init = lambda: train.init_members(model, tx, example, seeds, scales)
+  hlo = jax.jit(init).lower().as_text()
+  qr_operands = re.findall(r'lapack_sgeqrf_ffi.*?\((tensor<[^>]*>)', hlo)
+  assert qr_operands, 'the GRU should have an orthogonal (QR) initialiser'
+  assert all(t.count('x') == 2 for t in qr_operands), qr_operands  # [N, N]
+  stacked = jax.jit(init)()
+  vmapped = jax.jit(jax.vmap(lambda s, l: train.create_train_state(
+      model, tx, example, s, l)))(seeds, scales)
+  for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(vmapped)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
