@@ -345,3 +345,24 @@ def test_interaction_methods_are_not_additive(name):
   scale = np.abs(np.asarray(f(a, b))).max()
   # float32 round-off of an additive model stays near 1e-7 of the scale.
   assert np.abs(np.asarray(second_difference)).max() > 1e-5 * scale
+
+
+def test_late_stacking_inputs_option():
+  """Log-probabilities by default (the gradient that trains the base
+  classifiers), probabilities on request, a typo in one sentence."""
+  logits = {'image': jnp.array([[2.0, 0.0, -1.0]]),
+            'text': jnp.array([[0.5, 0.5, 0.0]])}
+  present = {'image': jnp.array([True]), 'text': jnp.array([False])}
+  for inputs in ('log_probs', 'probs'):
+    module = fusion.make_fusion('late_stacking', inputs=inputs)
+    params = module.init(jax.random.PRNGKey(0), logits, present)['params']
+    neutral = params['absent_probs']
+    expected = -np.log(3.0) if inputs == 'log_probs' else 1 / 3
+    np.testing.assert_allclose(neutral, expected, rtol=1e-6)
+    # The absent text's input is the neutral vector: its logits do not matter.
+    other = {**logits, 'text': jnp.array([[9.0, -9.0, 3.0]])}
+    np.testing.assert_allclose(module.apply({'params': params}, logits, present),
+                               module.apply({'params': params}, other, present))
+  with pytest.raises(errors.UserError, match="inputs='logprobs' is not one of"):
+    module = fusion.make_fusion('late_stacking', inputs='logprobs')
+    module.init(jax.random.PRNGKey(0), logits, present)

@@ -96,21 +96,37 @@ class LateWeighted(nn.Module):
 
 
 class LateStacking(nn.Module):
-  """Stacking: an MLP meta-classifier over the modalities' probabilities.
+  """Stacking: an MLP meta-classifier over the modalities' predictions.
 
-  Input: [probs_1; ...; probs_M; presence indicators]; an absent modality's
-  probabilities are a learned vector initialised to uniform 1/C.
+  Input: [q_1; ...; q_M; presence indicators], q_m = log softmax(logits_m)
+  (`inputs='log_probs'`) or softmax(logits_m) (`'probs'`); an absent
+  modality's q is a learned vector initialised to the uniform prediction.
+  Trained end to end, the base classifiers learn only through the
+  meta-classifier: through probabilities their gradient is scaled by
+  p(1 - p), about 0.09 at the start with 10 classes, and on av_digits/noisy
+  the model underfits (test accuracy 0.54 after 500 steps, against 0.91 with
+  log-probabilities, whose gradient is 1 - p).
   """
   hidden: int | None = 64  # None: a linear meta-classifier
+  inputs: str = 'log_probs'  # or 'probs'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, logits, present, *, train: bool = False):
     l_MxBxC, p_MxB = stack_logits(logits, present, self.dtype)
     m, _, c = l_MxBxC.shape
-    neutral_MxC = self.param('absent_probs', nn.initializers.constant(1.0 / c),
-                             (m, c)).astype(self.dtype)
-    probs_MxBxC = jnp.where(p_MxB[..., None], nn.softmax(l_MxBxC),
+    if self.inputs == 'log_probs':
+      base_MxBxC = nn.log_softmax(l_MxBxC)
+      neutral = nn.initializers.constant(-jnp.log(c))
+    elif self.inputs == 'probs':
+      base_MxBxC = nn.softmax(l_MxBxC)
+      neutral = nn.initializers.constant(1.0 / c)
+    else:
+      raise errors.UserError(
+          f"late_stacking: inputs={self.inputs!r} is not one of 'log_probs', "
+          "'probs'; set model.fusion_kwargs.inputs to one of them.")
+    neutral_MxC = self.param('absent_probs', neutral, (m, c)).astype(self.dtype)
+    probs_MxBxC = jnp.where(p_MxB[..., None], base_MxBxC,
                             neutral_MxC[:, None, :])
     h = jnp.concatenate(list(probs_MxBxC) + [p_MxB.T.astype(self.dtype)], -1)
     if self.hidden is not None:
