@@ -112,3 +112,18 @@ def test_whole_runs_times_k_sequential_runs_against_one_vmapped(tmp_path,
   assert len(members) == 2
   # Member k of the vmapped run is the run with seed k.
   np.testing.assert_allclose(members, seeds, atol=0.02)
+
+
+def test_op_profile_sums_the_step_ops_of_a_trace():
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.op_profile', '--model=seed',
+       '--steps=3', '--top=3'], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0].startswith('seed: ') and 'op events' in lines[0]
+  rows = [l for l in lines if l.startswith('| ') and 'op kind' not in l]
+  assert 1 <= len(rows) <= 3
+  assert all(float(r.split('|')[2]) >= 0 for r in rows)
+  assert float(rows[0].split('|')[2]) > 0  # the largest kind took time

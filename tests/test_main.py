@@ -77,7 +77,8 @@ def test_every_command_line_tool_imports_into_one_process():
   """Flags are process-global: two tools defining one name cannot be imported
   together (a test suite, a notebook), so shared flags live in mmfusion.cli."""
   tools = ['mmfusion.main', 'mmfusion.cost', 'experiments.ablate',
-           'benchmarks.run', 'benchmarks.loss_curve', 'benchmarks.whole_runs']
+           'benchmarks.run', 'benchmarks.loss_curve', 'benchmarks.whole_runs',
+           'benchmarks.op_profile']
   code = ''.join(f'import {t}\n' for t in tools)
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
