@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PORTED = {'encoders': ('mlp', 'cnn', 'audio_cnn', 'gru'),
-          'fusions': ('concat', 'bottleneck')}
+          'fusions': ('concat', 'bottleneck', 'late_logits', 'late_probs',
+                      'late_poe', 'late_weighted', 'late_stacking')}
 
 
 def _opts(cfg: dict, **defaults) -> dict:
@@ -251,6 +252,48 @@ class Bottleneck(nn.Module):
     return present_mean(torch.stack(pooled, 1), p_BxM)
 
 
+class Late(nn.Module):
+  """mmfusion.fusion.late: per-modality logits [B, C] -> fused [B, C]."""
+
+  def __init__(self, rule: str, names, num_classes: int, hidden=64,
+               inputs='log_probs'):
+    super().__init__()
+    self.rule, self.names, self.inputs = rule, list(names), inputs
+    m, c = len(self.names), num_classes
+    if rule == 'late_weighted':
+      self.scores = nn.Parameter(torch.zeros(m))
+    if rule == 'late_stacking':
+      start = -math.log(c) if inputs == 'log_probs' else 1.0 / c
+      self.absent = nn.Parameter(torch.full((m, c), start))
+      widths = [m * c + m, *(() if hidden is None else (hidden,)), c]
+      self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+
+  def forward(self, logits, present):
+    p_MxB = torch.stack([present[m] for m in self.names])
+    l_MxBxC = torch.where(p_MxB[..., None],
+                          torch.stack([logits[m] for m in self.names]), 0.0)
+    if self.rule == 'late_logits':
+      return present_mean(l_MxBxC.transpose(0, 1), p_MxB.T)
+    if self.rule == 'late_probs':
+      inc_MxB = p_MxB | ~p_MxB.any(0, keepdim=True)
+      logp = torch.where(inc_MxB[..., None], F.log_softmax(l_MxBxC, -1),
+                         -math.inf)
+      return torch.logsumexp(logp, 0) - torch.log(inc_MxB.sum(0).float())[:, None]
+    if self.rule == 'late_poe':
+      return torch.where(p_MxB[..., None], F.log_softmax(l_MxBxC, -1), 0.0).sum(0)
+    if self.rule == 'late_weighted':
+      w_MxB = self.scores[:, None].expand(p_MxB.shape)
+      w_MxB = torch.where(p_MxB, torch.softmax(w_MxB.masked_fill(
+          ~p_MxB, torch.finfo(w_MxB.dtype).min), 0), 0.0)
+      return torch.einsum('mb,mbc->bc', w_MxB, l_MxBxC)
+    base = (F.log_softmax if self.inputs == 'log_probs' else F.softmax)(l_MxBxC, -1)
+    q_MxBxC = torch.where(p_MxB[..., None], base, self.absent[:, None, :])
+    h = torch.cat([*q_MxBxC, p_MxB.T.float()], -1)
+    for layer in self.layers[:-1]:
+      h = F.relu(layer(h))
+    return self.layers[-1](h)
+
+
 class Head(nn.Module):
   def __init__(self, in_features, num_classes, hidden=()):
     super().__init__()
@@ -295,6 +338,16 @@ class MultimodalModel(nn.Module):
     widths = {m: int(encoders[m]['features']) for m in self.names}
     fusion = model_config['fusion']
     kwargs = dict(model_config.get('fusion_kwargs') or {})
+    hidden = tuple(model_config.get('head_hidden') or ())
+    self.late = fusion.startswith('late_')
+    if self.late:
+      options = {'late_stacking': {'hidden', 'inputs'}}.get(fusion, set())
+      if fusion not in PORTED['fusions'] or set(kwargs) - options:
+        raise NotImplementedError(f'no PyTorch port of fusion {fusion!r} {kwargs}')
+      for m in self.names:
+        self.add_module(f'head_{m}', Head(widths[m], num_classes, hidden))
+      self.fusion = Late(fusion, self.names, num_classes, **kwargs)
+      return
     if fusion == 'concat' and not kwargs:
       self.fusion, width = Concat(widths), sum(widths.values())
     elif fusion == 'bottleneck' and not set(kwargs) & {'dropout'}:
@@ -302,7 +355,7 @@ class MultimodalModel(nn.Module):
       width = self.fusion.d
     else:
       raise NotImplementedError(f'no PyTorch port of fusion {fusion!r} {kwargs}')
-    self.head = Head(width, num_classes, tuple(model_config.get('head_hidden') or ()))
+    self.head = Head(width, num_classes, hidden)
 
   def forward(self, batch):
     tokens, masks, present = {}, {}, {}
@@ -312,6 +365,10 @@ class MultimodalModel(nn.Module):
       x = torch.where(p.reshape((-1,) + (1,) * (x.ndim - 1)), x, torch.zeros_like(x))
       tokens[m], masks[m] = getattr(self, f'encoder_{m}')(x)
       present[m] = p
+    if self.late:
+      logits = {m: getattr(self, f'head_{m}')(masked_mean(tokens[m], masks[m]))
+                for m in self.names}
+      return self.fusion(logits, present)
     return self.head(self.fusion(tokens, masks, present))
 
 
@@ -367,7 +424,19 @@ def load_flax_params(model: MultimodalModel, params) -> MultimodalModel:
         setattr(enc.gru, f'bias_ih_l{i}', nn.Parameter(t(cat(('ir', 'iz', 'in'), 'bias'))))
         setattr(enc.gru, f'bias_hh_l{i}', nn.Parameter(torch.cat([
             torch.zeros(2 * enc.gru.hidden_size), t(c['hn']['bias'])])))
-  p = params['fusion']
+  p = params.get('fusion', {})
+  if isinstance(model.fusion, Late):
+    for m in model.names:
+      for i, layer in enumerate(getattr(model, f'head_{m}').layers):
+        linear(layer, params[f'head_{m}'][f'Dense_{i}'])
+    if model.fusion.rule == 'late_weighted':
+      model.fusion.scores.data = t(p['scores'])
+    if model.fusion.rule == 'late_stacking':
+      model.fusion.absent.data = t(p['absent_probs'])
+      names = ['hidden', 'out'] if len(model.fusion.layers) == 2 else ['out']
+      for layer, name in zip(model.fusion.layers, names):
+        linear(layer, p[name])
+    return model
   if isinstance(model.fusion, Concat):
     for m in model.names:
       model.fusion.missing[m].data = t(p[f'missing_{m}']['embedding'])

@@ -63,15 +63,23 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
   assert '**' in report.step_table([row])  # the mmfusion / PyTorch ratio
 
 
-@pytest.mark.parametrize('name', ['seed', 'av', 'transformer'])
-def test_pytorch_port_computes_the_same_logits(name):
+@pytest.mark.parametrize('name,fusion', [
+    ('seed', None), ('av', None), ('transformer', None),
+    ('seed', 'late_logits'), ('seed', 'late_probs'), ('av', 'late_poe'),
+    ('seed', 'late_weighted'), ('seed', 'late_stacking')])
+def test_pytorch_port_computes_the_same_logits(name, fusion):
   torch = pytest.importorskip('torch')
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  spec = specs.get_spec(name, batch_size=3)
+  spec = specs.get_spec(name, fusion, batch_size=3)
   abstract, num_classes = specs.input_spec(spec.config, 3)
   batch = specs.make_batch(abstract, num_classes, spec.config)
+  first = sorted(spec.config.model.encoders)[0]
+  batch[f'present/{first}'] = np.array([True, False, True])  # one absent
   model = models.from_config(spec.config.model, num_classes)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)['params']
+  if fusion == 'late_weighted':  # scores start at zero: make them matter
+    params['fusion']['scores'] = np.linspace(-0.5, 0.5, len(
+        params['fusion']['scores'])).astype(np.float32)
   logits = np.asarray(jax.jit(model.apply)({'params': params}, batch)[0])
   port = torch_models.build(
       spec.config.model, {m: batch[m].shape[1:] for m in spec.config.model.encoders},
