@@ -29,8 +29,8 @@ class JaxRunner:
     step = lambda s, b: train.train_step(s, b, model=model, tx=tx)
     if vmap_size > 1:  # as train.py runs config.vmap: K seeds, one batch
       seeds = np.arange(config.seed, config.seed + vmap_size)
-      init = lambda: jax.vmap(lambda s: train.create_train_state(
-          model, tx, example, s))(seeds)
+      init = lambda: train.init_members(model, tx, example, seeds,
+                                        np.ones(vmap_size, np.float32))
       step = jax.vmap(step, in_axes=(0, None))
     else:
       init = lambda: train.create_train_state(model, tx, example, config.seed)
