@@ -1,6 +1,6 @@
 r"""Where one compiled train step spends its time, per XLA op kind.
 
-  python -m benchmarks.op_profile [--model=av] [--steps=10] [--top=20]
+  python -m benchmarks.op_profile [--model=av] [--traced_steps=10] [--top=20]
 
 Runs the model's jitted train step (the one `benchmarks.run` times) under
 `jax.profiler.trace` and sums the trace's op events on XLA's intra-op pool
@@ -19,7 +19,8 @@ from absl import app, flags
 from mmfusion import cli
 
 _MODEL = flags.DEFINE_string('model', 'av', 'benchmarks/specs.py MODELS name.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Traced steps (after 5 untimed).')
+_STEPS = flags.DEFINE_integer('traced_steps', 10,
+                              'Traced steps (after 5 untimed).')
 _TOP = flags.DEFINE_integer('top', 20, 'Op kinds to list.')
 
 POOL_THREAD = 'tf_XLAEigen'  # XLA:CPU's intra-op pool

@@ -126,7 +126,7 @@ def test_op_profile_sums_the_step_ops_of_a_trace():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.op_profile', '--model=seed',
-       '--steps=3', '--top=3'], cwd=ROOT, env=env, capture_output=True,
+       '--traced_steps=3', '--top=3'], cwd=ROOT, env=env, capture_output=True,
       text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.strip().splitlines()
