@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PORTED = {'encoders': ('mlp', 'cnn', 'audio_cnn', 'gru'),
-          'fusions': ('concat', 'bottleneck', 'late_logits', 'late_probs',
+          'fusions': ('concat', 'sum', 'tensor', 'bottleneck', 'late_logits',
+                      'late_probs',
                       'late_poe', 'late_weighted', 'late_stacking')}
 
 
@@ -168,6 +169,46 @@ class Concat(nn.Module):
       zs.append(torch.where(present[m][:, None], masked_mean(x, valid),
                             self.missing[m]))
     return torch.cat(zs, -1)
+
+
+class Sum(nn.Module):
+  """mmfusion.fusion.simple.Sum: per-modality Linear, summed over present."""
+
+  def __init__(self, widths: dict, features=None):
+    super().__init__()
+    self.d = int(features or max(widths.values()))
+    self.proj = nn.ModuleDict({m: nn.Linear(w, self.d) for m, w in widths.items()})
+
+  def forward(self, tokens, masks, present):
+    total = 0.0
+    for m, (x, valid) in clean_tokens(tokens, masks, present).items():
+      total = total + torch.where(present[m][:, None],
+                                  self.proj[m](masked_mean(x, valid)), 0.0)
+    return total
+
+
+class Tensor(nn.Module):
+  """mmfusion.fusion.tensor.TensorFusion (TFN): vec([1; z_1] x ... x [1; z_M])."""
+
+  def __init__(self, widths: dict, features=None, proj_dim=8):
+    super().__init__()
+    sizes = {m: (proj_dim or w) for m, w in widths.items()}
+    self.proj = nn.ModuleDict({m: nn.Linear(w, proj_dim) for m, w in widths.items()}
+                              if proj_dim else {})
+    k = int(np.prod([e + 1 for e in sizes.values()]))
+    self.linear = nn.Linear(k, features) if features else None
+    self.d = features or k
+
+  def forward(self, tokens, masks, present):
+    t = None
+    for m, (x, valid) in clean_tokens(tokens, masks, present).items():
+      z = masked_mean(x, valid)
+      if m in self.proj:
+        z = self.proj[m](z)
+      z = torch.where(present[m][:, None], z, 0.0)
+      z1 = torch.cat([torch.ones_like(z[:, :1]), z], -1)
+      t = z1 if t is None else (t[:, :, None] * z1[:, None, :]).reshape(z1.shape[0], -1)
+    return t if self.linear is None else self.linear(t)
 
 
 def sincos_posemb(t, d):
@@ -350,6 +391,12 @@ class MultimodalModel(nn.Module):
       return
     if fusion == 'concat' and not kwargs:
       self.fusion, width = Concat(widths), sum(widths.values())
+    elif fusion == 'sum' and not set(kwargs) - {'features'}:
+      self.fusion = Sum(widths, **kwargs)
+      width = self.fusion.d
+    elif fusion == 'tensor' and not set(kwargs) - {'features', 'proj_dim'}:
+      self.fusion = Tensor(widths, **kwargs)
+      width = self.fusion.d
     elif fusion == 'bottleneck' and not set(kwargs) & {'dropout'}:
       self.fusion = Bottleneck(widths, **kwargs)
       width = self.fusion.d
@@ -437,7 +484,12 @@ def load_flax_params(model: MultimodalModel, params) -> MultimodalModel:
       for layer, name in zip(model.fusion.layers, names):
         linear(layer, p[name])
     return model
-  if isinstance(model.fusion, Concat):
+  if isinstance(model.fusion, (Sum, Tensor)):
+    for m, layer in model.fusion.proj.items():
+      linear(layer, p[f'proj_{m}'])
+    if getattr(model.fusion, 'linear', None) is not None:
+      linear(model.fusion.linear, p['linear'])
+  elif isinstance(model.fusion, Concat):
     for m in model.names:
       model.fusion.missing[m].data = t(p[f'missing_{m}']['embedding'])
   else:

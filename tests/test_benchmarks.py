@@ -64,7 +64,8 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
 
 
 @pytest.mark.parametrize('name,fusion', [
-    ('seed', None), ('av', None), ('transformer', None),
+    ('seed', None), ('av', None), ('transformer', None), ('seed', 'sum'),
+    ('av', 'tensor'),
     ('seed', 'late_logits'), ('seed', 'late_probs'), ('av', 'late_poe'),
     ('seed', 'late_weighted'), ('seed', 'late_stacking')])
 def test_pytorch_port_computes_the_same_logits(name, fusion):
