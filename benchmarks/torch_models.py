@@ -20,8 +20,8 @@ from torch import nn
 
 PORTED = {'encoders': ('mlp', 'cnn', 'audio_cnn', 'gru'),
           'fusions': ('concat', 'sum', 'tensor', 'bottleneck', 'late_logits',
-                      'late_probs',
-                      'late_poe', 'late_weighted', 'late_stacking')}
+                      'late_probs', 'late_poe', 'late_weighted',
+                      'late_stacking')}
 
 
 def _opts(cfg: dict, **defaults) -> dict:

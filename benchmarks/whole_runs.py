@@ -48,7 +48,7 @@ def main_command(config: str, workdir: str, cache: str, overrides: list[str]):
 
 
 def timed_run(command: list[str]) -> float:
-  """Wall seconds of one process; its output goes to a log on failure."""
+  """Wall seconds of one process; a failed run raises with its stderr's tail."""
   t0 = time.perf_counter()
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   seconds = time.perf_counter() - t0

@@ -4,8 +4,8 @@ one sentence (`mmfusion: error: ...` on stderr, exit status 2, no traceback).
 
 Used by `mmfusion.main`, `mmfusion.cost`, `experiments.ablate` and
 `benchmarks`; defining a shared flag here, once, lets them be imported into
-one process. Imports no JAX, so a launcher's
-XLA_FLAGS still apply after flag parsing.
+one process. Imports no JAX, so a launcher's XLA_FLAGS still apply after flag
+parsing.
 """
 
 import os
