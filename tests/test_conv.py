@@ -45,6 +45,23 @@ def test_conv_matches_nn_conv(kernel, strides, padding, hw):
   _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
 
 
+@pytest.mark.parametrize('channels,kernel,strides,padding', [
+    (1, (3, 3), 1, 'SAME'), (3, (3, 3), 2, 'SAME'), (4, (3, 3), 1, 'VALID'),
+    (2, (2, 3), (1, 2), ((2, 0), (1, 1))), (1, (4, 4), 4, 'VALID')])
+def test_conv_taps_forward_matches_nn_conv(channels, kernel, strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, channels))
+  ours = conv.Conv(5, kernel, strides, padding, taps=True)
+  ref = nn.Conv(5, kernel, strides, padding)
+  params = ref.init(jax.random.PRNGKey(1), x)['params']
+  _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
+  # The forward is the sum over taps: no convolution left in it.
+  forward = str(jax.make_jaxpr(lambda p: ours.apply({'params': p}, x))(params))
+  assert 'conv_general_dilated' not in forward
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(
+      lambda p: conv.Conv(5, kernel, strides, padding, taps=False).apply(
+          {'params': p}, x))(params))
+
+
 def test_conv_without_bias_and_in_bfloat16():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
   ours = conv.Conv(3, (3, 3), use_bias=False, dtype=jnp.bfloat16)
