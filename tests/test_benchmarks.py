@@ -1,6 +1,7 @@
 """The benchmark harness on the seed model for a couple of steps, with and
 without PyTorch (only the PyTorch parts skip when torch is not installed)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from benchmarks import fast_layers, report, run, specs
-from mmfusion import conv, models
+from experiments.configs import seed
+from mmfusion import conv, cost, models
 from mmfusion.encoders import image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,24 +69,42 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
     ('seed', None), ('av', None), ('transformer', None), ('seed', 'sum'),
     ('av', 'tensor'),
     ('seed', 'late_logits'), ('seed', 'late_probs'), ('av', 'late_poe'),
-    ('seed', 'late_weighted'), ('seed', 'late_stacking')])
+    ('seed', 'late_weighted'), ('seed', 'late_stacking'),
+    ('seed', 'early'), ('av', 'early'), ('seed', 'gated'), ('seed', 'nlgate'),
+    ('seed', 'low_rank_tensor'), ('seed', 'multiplicative'), ('seed', 'film'),
+    ('seed', 'cross_attention'), ('seed', 'perceiver'), ('av', 'perceiver'),
+    ('seed_3mod', 'nlgate'), ('seed_3mod', 'multiplicative'),
+    ('seed_3mod', 'film'), ('seed_3mod', 'cross_attention')])
 def test_pytorch_port_computes_the_same_logits(name, fusion):
   torch = pytest.importorskip('torch')
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  spec = specs.get_spec(name, fusion, batch_size=3)
-  abstract, num_classes = specs.input_spec(spec.config, 3)
+  spec = specs.get_spec(name.removesuffix('_3mod'), fusion, batch_size=4)
+  if name == 'seed_3mod':  # two other modalities to attend, merge or condition on
+    spec = dataclasses.replace(spec, config=seed.get_config('redundancy_3mod'))
+    spec.config.model.fusion = fusion
+  abstract, num_classes = specs.input_spec(spec.config, 4)
   batch = specs.make_batch(abstract, num_classes, spec.config)
-  first = sorted(spec.config.model.encoders)[0]
-  batch[f'present/{first}'] = np.array([True, False, True])  # one absent
+  names = sorted(spec.config.model.encoders)
+  # Examples: all present, first absent, last absent, both absent.
+  batch[f'present/{names[0]}'] = np.array([True, False, True, False])
+  batch[f'present/{names[-1]}'] = np.array([True, True, False, False])
   model = models.from_config(spec.config.model, num_classes)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)['params']
-  if fusion == 'late_weighted':  # scores start at zero: make them matter
-    params['fusion']['scores'] = np.linspace(-0.5, 0.5, len(
-        params['fusion']['scores'])).astype(np.float32)
+  # Biases, missing-modality embeddings and late scores start at zero: nudge
+  # every parameter so that a port that ignores one gives other logits.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda x: x + 0.1 * rng.standard_normal(x.shape, np.float32), params)
   logits = np.asarray(jax.jit(model.apply)({'params': params}, batch)[0])
   port = torch_models.build(
-      spec.config.model, {m: batch[m].shape[1:] for m in spec.config.model.encoders},
-      num_classes)
+      spec.config.model, {m: batch[m].shape[1:] for m in names}, num_classes)
+  counts = cost.param_counts(params)
+  for m in names:  # nn.GRU has 2 x features more biases per layer
+    enc = spec.config.model.encoders[m]
+    if enc['name'] == 'gru' and fusion != 'early':
+      counts[f'encoder_{m}'] += 2 * enc['features'] * enc.get('num_layers', 1)
+      counts['total'] += 2 * enc['features'] * enc.get('num_layers', 1)
+  assert torch_models.param_counts(port) == counts
   torch_models.load_flax_params(port, params).eval()
   with torch.no_grad():
     ours = port({k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32
