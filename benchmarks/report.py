@@ -98,7 +98,7 @@ def markdown(rows, fusion_rows, pipes, vmaps, info) -> str:
       f'{info["malloc"]}',
       '- PyTorch: the same model (benchmarks/torch_models.py: same layers and '
       'parameter counts per part, the GRU keeps 2 x 64 more biases; the same '
-      'logits to 1e-6 with copied weights), eager, float32, AdamW(fused) '
+      'logits to 6e-6 with copied weights), eager, float32, AdamW(fused) '
       'with the same schedule, gradient norms and clipping',
       '- GPU: not measured yet (the harness is device-agnostic; the PyTorch '
       'side runs on CPU only)', '']
