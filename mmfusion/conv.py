@@ -57,15 +57,16 @@ def _taps_conv(x_BxHxWxC, kernel_KhxKwxCxO, strides, pads):
   kh, kw, c, _ = kernel_KhxKwxCxO.shape
   x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
   b, hh, ww, _ = x.shape
-  (sh, sw), h, w = strides, (hh - kh) // strides[0] + 1, (ww - kw) // strides[1] + 1
+  sh, sw = strides
+  h, w = (hh - kh) // sh + 1, (ww - kw) // sw + 1
   y_BxhxwxO = 0
   for i in range(kh):
     for j in range(kw):
-      window_Bxhxwxc = lax.slice(x, (0, i, j, 0),
-                                 (b, i + (h - 1) * sh + 1, j + (w - 1) * sw + 1, c),
-                                 (1, sh, sw, 1))
+      end = (b, i + (h - 1) * sh + 1, j + (w - 1) * sw + 1, c)
+      window_Bxhxwxc = lax.slice(x, (0, i, j, 0), end, (1, sh, sw, 1))
       for ci in range(c):
-        y_BxhxwxO = y_BxhxwxO + window_Bxhxwxc[..., ci:ci + 1] * kernel_KhxKwxCxO[i, j, ci]
+        tap_O = kernel_KhxKwxCxO[i, j, ci]
+        y_BxhxwxO = y_BxhxwxO + window_Bxhxwxc[..., ci:ci + 1] * tap_O
   return y_BxhxwxO
 
 
@@ -121,8 +122,8 @@ def conv2d(x_BxHxWxC, kernel_KhxKwxCxO, strides, pads, chunk: int = 8,
   whose filter gradient sums per-chunk gradients of `chunk` examples each,
   whose forward with `taps` and at most 4 input channels is `_taps_conv`,
   and whose vmap over members with their own kernels stays ungrouped."""
-  forward = (_taps_conv if taps and kernel_KhxKwxCxO.shape[2] <= _TAPS_MAX_CHANNELS
-             else _conv)
+  few_channels = kernel_KhxKwxCxO.shape[2] <= _TAPS_MAX_CHANNELS
+  forward = _taps_conv if taps and few_channels else _conv
   return _members_unrolled(functools.partial(
       forward, strides=strides, pads=pads))(x_BxHxWxC, kernel_KhxKwxCxO)
 

@@ -136,7 +136,8 @@ class Block(nn.Module):
         kv_mask_BxS = jnp.ones(kv.shape[:2], jnp.bool_)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-        deterministic=not train, attention_fn=dot_product_attention)(y, kv, mask=attention_mask(mask_BxT, kv_mask_BxS))
+        deterministic=not train, attention_fn=dot_product_attention)(
+            y, kv, mask=attention_mask(mask_BxT, kv_mask_BxS))
     x_BxTxD = x_BxTxD + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype)(x_BxTxD)
     y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, train=train)
