@@ -113,13 +113,15 @@ def test_group_norm_matches_flax(shape, groups):
   _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
 
 
-@pytest.mark.parametrize('shared_input', [False, True])
-def test_conv_vmapped_over_members_matches_each_member(shared_input):
+@pytest.mark.parametrize('shared_input,channels', [(False, 8), (True, 8),
+                                                    (True, 1), (False, 3)])
+def test_conv_vmapped_over_members_matches_each_member(shared_input, channels):
   """Members with their own kernels (config.vmap): the custom batching rule
-  runs them one by one and must give each member's own values and grads."""
+  runs them one by one and must give each member's own values and grads
+  (with few input channels, through the taps forward)."""
   k = 3
-  xs = jax.random.normal(jax.random.PRNGKey(0), (k, 12, 6, 6, 8))
-  ours = conv.Conv(4, (3, 3), filter_grad_chunk=4)
+  xs = jax.random.normal(jax.random.PRNGKey(0), (k, 12, 6, 6, channels))
+  ours = conv.Conv(4, (3, 3), filter_grad_chunk=4, taps=True)
   params = jax.vmap(lambda r: ours.init(r, xs[0])['params'])(
       jax.random.split(jax.random.PRNGKey(1), k))
   in_axes = (0, None) if shared_input else (0, 0)
@@ -130,4 +132,18 @@ def test_conv_vmapped_over_members_matches_each_member(shared_input):
   for i in range(k):
     want = _value_and_grads(ref, jax.tree.map(lambda v: v[i], params),
                             xs[0] if shared_input else xs[i])
+    _close(jax.tree.map(lambda v: v[i], got), want)
+
+
+def test_group_norm_vmapped_over_members_matches_each_member():
+  """Its written-out gradient under vmap (config.vmap members), per member."""
+  k = 3
+  xs = 2.0 + jax.random.normal(jax.random.PRNGKey(0), (k, 4, 5, 3, 8))
+  ours, ref = conv.GroupNorm(4), nn.GroupNorm(4)
+  params = jax.vmap(lambda r: jax.tree.map(
+      lambda v: v + jax.random.normal(r, v.shape), ref.init(r, xs[0])['params']))(
+          jax.random.split(jax.random.PRNGKey(1), k))
+  got = jax.vmap(lambda p, x: _value_and_grads(ours, p, x))(params, xs)
+  for i in range(k):
+    want = _value_and_grads(ref, jax.tree.map(lambda v: v[i], params), xs[i])
     _close(jax.tree.map(lambda v: v[i], got), want)
