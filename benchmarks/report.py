@@ -85,7 +85,7 @@ def markdown(rows, fusion_rows, pipes, vmaps, info) -> str:
       f'- step time: median of {info["steps"]} timed steps after '
       f'{info["warmup"]} warm-up steps, each waited for (`block_until_ready`); '
       f'mmfusion and PyTorch alternate in {info["rounds"]} blocks on the same '
-      f'fixed batch. ex/s = batch / step time',
+      f'fixed batch; {info["isolation"]}. ex/s = batch / step time',
       f'- other processes\' CPU use just before each timed block: '
       f'{info["busy"]}; load average {info["load"][0]:.2f} -> '
       f'{info["load"][1]:.2f}. The last column is the most seen in a row\'s '

@@ -9,18 +9,24 @@ For every model (`specs.MODELS`; the seed model once per fusion method with
 --warmup, alternating in --rounds blocks with the PyTorch port of the same
 model (when torch is installed and the model has a port), so that both see the
 same machine load. Then each model's input pipeline rate against its step's
-demand, and K
-vmapped seeds against K sequential runs. Writes one Markdown file with the
-machine, the versions and this exact command. Runs on any JAX backend; the
-PyTorch side runs on CPU.
+demand, and K vmapped seeds against K sequential runs. Writes one Markdown
+file with the machine, the versions and this exact command. Runs on any JAX
+backend; the PyTorch side runs on CPU.
+
+With --isolate (the default) each timed row runs in a fresh process (`--row`)
+with its own PyTorch child: what a process ran before moves its later step
+times (an av step measured 22.6-29.2 ms in one process), so no row inherits
+another's heap, threads or compiled programs.
 """
 
 import datetime
 import gc
 import importlib.util
+import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 import time
 
@@ -57,6 +63,16 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 _VMAP = flags.DEFINE_integer('vmap', 5, 'K of the vmapped-seeds comparison (0: skip).')
 _VMAP_MODELS = flags.DEFINE_list('vmap_models', ['seed', 'av'], 'Its models.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/RESULTS.md', 'Markdown file ("": none).')
+_ISOLATE = flags.DEFINE_bool(
+    'isolate', True, 'Time each row in a fresh process of its own (and a '
+    'fresh PyTorch child); False: every row in this process.')
+_ROW = flags.DEFINE_string(
+    'row', None, 'Time one row and print it as JSON, then exit (what '
+    '--isolate runs in each child): MODEL, MODEL/FUSION, either +flax (with '
+    "--flax_layers swapped in), or vmap:MODEL.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROW_MARK = 'benchmarks.run row: '  # the child's result line on stdout
 
 BUSY = []  # other processes' share of the cores before each timed block
 
@@ -177,10 +193,65 @@ def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
           'compile_s': many.cost['compile_s'], 'speedup': k * t1 / tk}
 
 
+def torch_worker():
+  """(a PyTorch `torch_bench.Worker` or None, a line saying which)."""
+  if not _TORCH.value:
+    return None, 'not run (--torch=false)'
+  if importlib.util.find_spec('torch') is None:
+    return None, 'not installed'
+  from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
+  worker = torch_bench.Worker(in_process=not _TORCH_CHILD.value,
+                              tune_malloc=cli.TUNE_MALLOC.value)
+  i = worker.call('info')
+  return worker, (f'{i["version"]} on CPU, {i["threads"]} threads, in '
+                  f'{"a child" if _TORCH_CHILD.value else "the same"} process')
+
+
+def measure(key: str, worker) -> dict:
+  """The row named `key` (see --row), PyTorch's side on `worker` (or none)."""
+  from benchmarks import specs  # pylint: disable=g-import-not-at-top
+  if key.startswith('vmap:'):
+    return vmap_row(specs.get_spec(key[5:], batch_size=_BATCH.value),
+                    _VMAP.value, _STEPS.value, _WARMUP.value, _QUIET.value)
+  name, flax = (key[:-5], True) if key.endswith('+flax') else (key, False)
+  model, _, fusion_name = name.partition('/')
+  spec = specs.get_spec(model, fusion_name or None, _BATCH.value)
+  return time_model(spec, worker, _STEPS.value, _WARMUP.value, _ROUNDS.value,
+                    tuple(_FLAX.value) if flax else (), _QUIET.value)
+
+
+def child_row(key: str) -> dict:
+  """One row measured in this process with a PyTorch child of its own."""
+  worker, torch_line = (None, None) if key.startswith('vmap:') else (
+      torch_worker())
+  try:
+    row = measure(key, worker)
+  finally:
+    if worker is not None:
+      worker.close()
+  return {'row': row, 'busy': BUSY, 'torch': torch_line}
+
+
+def row_in_child(key: str) -> dict:
+  """`child_row(key)` run by a fresh `benchmarks.run --row=key` process that
+  gets this process's flags."""
+  args = [a for a in sys.argv[1:] if not a.startswith(('--row=', '--isolate',
+                                                       '--noisolate'))]
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.run', *args, f'--row={key}'],
+      cwd=ROOT, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(ROW_MARK)]
+  if proc.returncode or not lines:
+    raise RuntimeError(f'row {key}: its process exited with status '
+                       f'{proc.returncode}:\n{proc.stderr[-3000:]}')
+  return json.loads(lines[-1][len(ROW_MARK):])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if cli.NOTES.value and not os.path.isfile(cli.NOTES.value):
+  if (cli.NOTES.value and not _ROW.value and
+      not os.path.isfile(cli.NOTES.value)):
     raise app.UsageError(f'--notes={cli.NOTES.value}: no such file; pass the '
                          'Markdown file to append, e.g. benchmarks/notes.md.')
   tuned = cli.tune_malloc()  # before JAX starts; the PyTorch child too
@@ -189,38 +260,36 @@ def main(argv):
   from mmfusion import fusion, train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # TFDS chatter
   jax.config.update('jax_enable_compilation_cache', False)  # time compiles
+  if _ROW.value:  # a child of --isolate
+    print(ROW_MARK + json.dumps(child_row(_ROW.value)), flush=True)
+    return
   load0 = os.getloadavg()[0]
+  worker, torch_line = (None, None) if _ISOLATE.value else torch_worker()
 
-  worker, torch_line = None, 'not installed'
-  if _TORCH.value and importlib.util.find_spec('torch') is not None:
-    from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
-    worker = torch_bench.Worker(in_process=not _TORCH_CHILD.value,
-                                tune_malloc=cli.TUNE_MALLOC.value)
-    i = worker.call('info')
-    torch_line = (f'{i["version"]} on CPU, {i["threads"]} threads, in '
-                  f'{"a child" if _TORCH_CHILD.value else "the same"} process')
-  elif not _TORCH.value:
-    torch_line = 'not run (--torch=false)'
-
-  def run(spec, swaps=()):
-    row = time_model(spec, worker, _STEPS.value, _WARMUP.value, _ROUNDS.value,
-                     swaps, _QUIET.value)
+  def run(key):
+    if _ISOLATE.value:
+      out = row_in_child(key)
+      BUSY.extend(out['busy'])
+      nonlocal torch_line
+      torch_line = torch_line or out['torch']
+      row = out['row']
+    else:
+      row = measure(key, worker)
     print(report.step_table([row]).splitlines()[-1], flush=True)
     return row
 
   def model_rows(name):
-    spec = specs.get_spec(name, batch_size=_BATCH.value)
-    out = [run(spec)]
-    if _FLAX.value and specs.has_cnn(spec):
-      out.append(run(spec, tuple(_FLAX.value)))
+    out = [run(name)]
+    if _FLAX.value and specs.has_cnn(specs.get_spec(name)):
+      out.append(run(name + '+flax'))
     return out
 
-  # The small seed models first: once this process has run the CNN models it
-  # steps them up to 3x slower (seed/concat 0.35 -> 1.15 ms; PyTorch's child
-  # 0.70 -> 0.90 ms), which would say more about the order than the models.
+  # The small seed models first: with --noisolate, once this process has run
+  # the CNN models it steps them up to 3x slower (seed/concat 0.35 -> 1.15 ms;
+  # PyTorch's child 0.70 -> 0.90 ms): that would say more about the order.
   by_model = {'seed': model_rows('seed')} if 'seed' in _MODELS.value else {}
   fusions = list(fusion.FUSIONS) if _FUSIONS.value == ['all'] else _FUSIONS.value
-  fusion_rows = [run(specs.get_spec('seed', f, _BATCH.value)) for f in fusions]
+  fusion_rows = [run(f'seed/{f}') for f in fusions]
   for name in _MODELS.value:
     if name not in by_model:
       by_model[name] = model_rows(name)
@@ -242,18 +311,21 @@ def main(argv):
     vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
   elif _VMAP.value > 1:
     for name in _VMAP_MODELS.value:
-      vmaps.append(vmap_row(specs.get_spec(name, batch_size=_BATCH.value),
-                            _VMAP.value, _STEPS.value, _WARMUP.value,
-                            _QUIET.value))
+      vmaps.append(row_in_child(f'vmap:{name}')['row'] if _ISOLATE.value
+                   else measure(f'vmap:{name}', None))
       print(f'vmap {name}: {vmaps[-1]["speedup"]:.2f}x', flush=True)
 
   info = {
       'command': 'python -m benchmarks.run ' + ' '.join(
           shlex.quote(a) for a in sys.argv[1:]),
       'date': datetime.date.today().isoformat(),
-      'backend': specs.backend_summary(), 'torch': torch_line,
+      'backend': specs.backend_summary(),
+      'torch': torch_line or 'not installed',
       'load': (load0, os.getloadavg()[0]), 'busy': report.busy_summary(BUSY),
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rounds': _ROUNDS.value,
+      'isolation': ('each row (and the K-seeds rows) timed in a fresh process '
+                    'with a fresh PyTorch child' if _ISOLATE.value else
+                    'every row timed in one process, in table order'),
       'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
   text = report.markdown(rows, fusion_rows, pipes, vmaps, info)
   if cli.NOTES.value:

@@ -24,18 +24,21 @@ def _seed_spec():
   return specs.get_spec('seed', batch_size=8)
 
 
-def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir):
+@pytest.mark.parametrize('isolate', ['--isolate', '--noisolate'])
+def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
+                                                           isolate):
   out = tmp_path / 'results.md'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.run', '--models=seed', '--fusions=',
        '--batch_size=8', '--steps=2', '--warmup=1', '--rounds=1',
-       '--pipeline_batches=2', f'--data_dir={data_dir}', '--vmap=0', '--torch=false', '--quiet_wait=0',
-       f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=120)
+       '--pipeline_batches=2', f'--data_dir={data_dir}', '--vmap=0',
+       '--torch=false', '--quiet_wait=0', isolate, f'--out={out}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   text = out.read_text()
   assert '`python -m benchmarks.run --models=seed --fusions= ' in text
+  assert ('in a fresh process' in text) == (isolate == '--isolate')
   assert 'GPU: not measured yet' in text
   row = next(l for l in text.splitlines() if l.startswith('| seed |'))
   cells = [c.strip() for c in row.strip('|').split('|')]
