@@ -25,6 +25,10 @@ def step_table(rows) -> str:
   for r in rows:
     torch_ms = r.get('torch_ms')
     ratio = '-' if not torch_ms else f'**{r["jax_ms"] / torch_ms:.2f}x**'
+    if len(r.get('ratios', ())) > 1:  # repeats: their median and range
+      ratios = r['ratios']
+      ratio = (f'**{statistics.median(ratios):.2f}x** '
+               f'({min(ratios):.2f}-{max(ratios):.2f})')
     params = f'{r["params"]:,}'
     if r.get('torch_params'):
       params += f' ({r["torch_params"]:,})'
@@ -85,7 +89,8 @@ def markdown(rows, fusion_rows, pipes, vmaps, info) -> str:
       f'- step time: median of {info["steps"]} timed steps after '
       f'{info["warmup"]} warm-up steps, each waited for (`block_until_ready`); '
       f'mmfusion and PyTorch alternate in {info["rounds"]} blocks on the same '
-      f'fixed batch; {info["isolation"]}. ex/s = batch / step time',
+      f'fixed batch; {info["isolation"]}. ex/s = batch / step time. '
+      f'{info["repeats"]}',
       f'- other processes\' CPU use just before each timed block: '
       f'{info["busy"]}; load average {info["load"][0]:.2f} -> '
       f'{info["load"][1]:.2f}. The last column is the most seen in a row\'s '

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -70,6 +71,10 @@ _ROW = flags.DEFINE_string(
     'row', None, 'Time one row and print it as JSON, then exit (what '
     '--isolate runs in each child): MODEL, MODEL/FUSION, either +flax (with '
     "--flax_layers swapped in), or vmap:MODEL.")
+
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 1, 'Passes over all rows; each row reports the median of its '
+    'repeats and the range of its mmfusion / PyTorch ratios.')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_MARK = 'benchmarks.run row: '  # the child's result line on stdout
@@ -193,6 +198,24 @@ def vmap_row(spec, k, steps, warmup, quiet: float = 0.0) -> dict:
           'compile_s': many.cost['compile_s'], 'speedup': k * t1 / tk}
 
 
+def merge_repeats(rows: list[dict]) -> dict:
+  """One row from the same row's repeats: the median of each measured number
+  (the most other-process CPU for 'busy'), with the per-repeat mmfusion /
+  PyTorch ratios kept as 'ratios'."""
+  if len(rows) == 1:
+    return rows[0]
+  out = dict(rows[0])
+  for key, first in rows[0].items():
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if (isinstance(first, bool) or not isinstance(first, (int, float)) or
+        len(set(values)) == 1):
+      continue
+    out[key] = max(values) if key == 'busy' else statistics.median(values)
+  out['ratios'] = [r['jax_ms'] / r['torch_ms'] for r in rows
+                   if r.get('jax_ms') and r.get('torch_ms')]
+  return out
+
+
 def torch_worker():
   """(a PyTorch `torch_bench.Worker` or None, a line saying which)."""
   if not _TORCH.value:
@@ -275,27 +298,38 @@ def main(argv):
       row = out['row']
     else:
       row = measure(key, worker)
-    print(report.step_table([row]).splitlines()[-1], flush=True)
+    if key.startswith('vmap:'):
+      print(f'vmap {row["name"]}: {row["speedup"]:.2f}x', flush=True)
+    else:
+      print(report.step_table([row]).splitlines()[-1], flush=True)
     return row
-
-  def model_rows(name):
-    out = [run(name)]
-    if _FLAX.value and specs.has_cnn(specs.get_spec(name)):
-      out.append(run(name + '+flax'))
-    return out
 
   # The small seed models first: with --noisolate, once this process has run
   # the CNN models it steps them up to 3x slower (seed/concat 0.35 -> 1.15 ms;
   # PyTorch's child 0.70 -> 0.90 ms): that would say more about the order.
-  by_model = {'seed': model_rows('seed')} if 'seed' in _MODELS.value else {}
+  models = sorted(_MODELS.value, key=lambda name: name != 'seed')
   fusions = list(fusion.FUSIONS) if _FUSIONS.value == ['all'] else _FUSIONS.value
-  fusion_rows = [run(f'seed/{f}') for f in fusions]
-  for name in _MODELS.value:
-    if name not in by_model:
-      by_model[name] = model_rows(name)
-  rows = [row for name in _MODELS.value for row in by_model[name]]
+  model_keys = {name: [name] + ([name + '+flax'] if _FLAX.value and
+                                specs.has_cnn(specs.get_spec(name)) else [])
+                for name in models}
+  fusion_keys = [f'seed/{f}' for f in fusions]
+  vmap_keys, vmap_note = [], ''
+  if _VMAP.value > 1 and not hasattr(train, 'members'):
+    vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
+  elif _VMAP.value > 1:
+    vmap_keys = [f'vmap:{name}' for name in _VMAP_MODELS.value]
+  keys = (model_keys.get('seed', []) + fusion_keys +
+          [k for name in models if name != 'seed' for k in model_keys[name]] +
+          vmap_keys)
+  # Repeats are whole passes over the rows, so that each row's repeats see
+  # the machine at different times.
+  passes = [{key: run(key) for key in keys} for _ in range(_REPEATS.value)]
+  merged = {key: merge_repeats([p[key] for p in passes]) for key in keys}
   if worker is not None:
     worker.close()
+  rows = [merged[k] for name in _MODELS.value for k in model_keys[name]]
+  fusion_rows = [merged[k] for k in fusion_keys]
+  vmaps = [merged[k] for k in vmap_keys]
 
   pipes = []
   for name in _MODELS.value if _PIPELINE.value else ():
@@ -306,15 +340,6 @@ def main(argv):
     pipes[-1]['step_examples_s'] = report.ex_s(row['batch'], row['jax_ms'])
     print(f'pipeline {name}: {pipes[-1]["examples_s"]:,.0f} examples/s',
           flush=True)
-  vmaps, vmap_note = [], ''
-  if _VMAP.value > 1 and not hasattr(train, 'members'):
-    vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
-  elif _VMAP.value > 1:
-    for name in _VMAP_MODELS.value:
-      vmaps.append(row_in_child(f'vmap:{name}')['row'] if _ISOLATE.value
-                   else measure(f'vmap:{name}', None))
-      print(f'vmap {name}: {vmaps[-1]["speedup"]:.2f}x', flush=True)
-
   info = {
       'command': 'python -m benchmarks.run ' + ' '.join(
           shlex.quote(a) for a in sys.argv[1:]),
@@ -326,6 +351,10 @@ def main(argv):
       'isolation': ('each row (and the K-seeds rows) timed in a fresh process '
                     'with a fresh PyTorch child' if _ISOLATE.value else
                     'every row timed in one process, in table order'),
+      'repeats': (f'Each row was measured in {_REPEATS.value} passes over all '
+                  'rows: the numbers are the medians of its passes, the ratio '
+                  'the median of the per-pass ratios with their range in '
+                  'brackets' if _REPEATS.value > 1 else 'One pass over the rows'),
       'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
   text = report.markdown(rows, fusion_rows, pipes, vmaps, info)
   if cli.NOTES.value:

@@ -24,21 +24,24 @@ def _seed_spec():
   return specs.get_spec('seed', batch_size=8)
 
 
-@pytest.mark.parametrize('isolate', ['--isolate', '--noisolate'])
+@pytest.mark.parametrize('isolate,repeats', [('--isolate', 1),
+                                             ('--noisolate', 2)])
 def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
-                                                           isolate):
+                                                           isolate, repeats):
   out = tmp_path / 'results.md'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.run', '--models=seed', '--fusions=',
        '--batch_size=8', '--steps=2', '--warmup=1', '--rounds=1',
        '--pipeline_batches=2', f'--data_dir={data_dir}', '--vmap=0',
-       '--torch=false', '--quiet_wait=0', isolate, f'--out={out}'],
+       '--torch=false', '--quiet_wait=0', isolate, f'--repeats={repeats}',
+       f'--out={out}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   text = out.read_text()
   assert '`python -m benchmarks.run --models=seed --fusions= ' in text
   assert ('in a fresh process' in text) == (isolate == '--isolate')
+  assert ('in 2 passes over all rows' in text) == (repeats == 2)
   assert 'GPU: not measured yet' in text
   row = next(l for l in text.splitlines() if l.startswith('| seed |'))
   cells = [c.strip() for c in row.strip('|').split('|')]
@@ -47,6 +50,20 @@ def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
   assert cells[8] == '-'  # no PyTorch time
   pipe = next(l for l in text.splitlines() if l.startswith('| seed | synthetic'))
   assert float(pipe.split('|')[4].replace(',', '')) > 0  # examples/s
+
+
+def test_repeats_merge_into_medians_and_a_ratio_range():
+  rows = [{'name': 'av', 'batch': 64, 'jax_ms': j, 'torch_ms': t,
+           'compile_s': c, 'busy': b, 'note': ''}
+          for j, t, c, b in [(20.0, 25.0, 4.0, 0.01), (30.0, 25.0, 6.0, 0.03),
+                             (24.0, 24.0, 5.0, None)]]
+  row = run.merge_repeats(rows)
+  assert (row['jax_ms'], row['torch_ms'], row['compile_s']) == (24.0, 25.0, 5.0)
+  assert row['batch'] == 64 and row['busy'] == 0.03
+  assert row['ratios'] == [0.8, 1.2, 1.0]
+  row.update(params=1, gflops=1.0, peak_mb=1.0)
+  assert '**1.00x** (0.80-1.20)' in report.step_table([row])
+  assert run.merge_repeats(rows[:1]) is rows[0]
 
 
 def test_flax_layers_swap_is_undone():
