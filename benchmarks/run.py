@@ -71,7 +71,6 @@ _ROW = flags.DEFINE_string(
     'row', None, 'Time one row and print it as JSON, then exit (what '
     '--isolate runs in each child): MODEL, MODEL/FUSION, either +flax (with '
     "--flax_layers swapped in), or vmap:MODEL.")
-
 _REPEATS = flags.DEFINE_integer(
     'repeats', 1, 'Passes over all rows; each row reports the median of its '
     'repeats and the range of its mmfusion / PyTorch ratios.')
@@ -277,6 +276,12 @@ def main(argv):
       not os.path.isfile(cli.NOTES.value)):
     raise app.UsageError(f'--notes={cli.NOTES.value}: no such file; pass the '
                          'Markdown file to append, e.g. benchmarks/notes.md.')
+  if _REPEATS.value < 1:
+    raise app.UsageError(f'--repeats={_REPEATS.value}: pass 1 or more passes '
+                         'over the rows.')
+  if _ROW.value and _ROW.value.endswith('+flax') and not _FLAX.value:
+    raise app.UsageError(f'--row={_ROW.value} swaps in flax layers: pass '
+                         'them with --flax_layers (e.g. conv,pool,norm).')
   tuned = cli.tune_malloc()  # before JAX starts; the PyTorch child too
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import specs  # pylint: disable=g-import-not-at-top
@@ -345,7 +350,10 @@ def main(argv):
           shlex.quote(a) for a in sys.argv[1:]),
       'date': datetime.date.today().isoformat(),
       'backend': specs.backend_summary(),
-      'torch': torch_line or 'not installed',
+      'torch': torch_line or (
+          'not run (--torch=false)' if not _TORCH.value else 'not installed'
+          if importlib.util.find_spec('torch') is None else
+          'not used by these rows'),
       'load': (load0, os.getloadavg()[0]), 'busy': report.busy_summary(BUSY),
       'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rounds': _ROUNDS.value,
       'isolation': ('each row (and the K-seeds rows) timed in a fresh process '
