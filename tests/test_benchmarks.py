@@ -52,6 +52,22 @@ def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
   assert float(pipe.split('|')[4].replace(',', '')) > 0  # examples/s
 
 
+def test_a_row_in_its_own_process_comes_back_as_json(monkeypatch):
+  """What --isolate does per row: a `--row` child gets this run's flags and
+  returns its row, its CPU readings and its PyTorch line."""
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setattr(sys, 'argv', [
+      'run', '--batch_size=8', '--steps=2', '--warmup=1', '--rounds=1',
+      '--torch=false', '--quiet_wait=0', '--row=ignored'])
+  out = run.row_in_child('seed/sum')
+  assert out['row']['name'] == 'seed/sum' and out['row']['batch'] == 8
+  assert out['row']['jax_ms'] > 0 and out['row']['torch_ms'] is None
+  assert out['torch'] == 'not run (--torch=false)'
+  with pytest.raises(RuntimeError, match='row seed/nonesuch'):
+    run.row_in_child('seed/nonesuch')
+
+
 def test_repeats_merge_into_medians_and_a_ratio_range():
   rows = [{'name': 'av', 'batch': 64, 'jax_ms': j, 'torch_ms': t,
            'compile_s': c, 'busy': b, 'note': ''}
