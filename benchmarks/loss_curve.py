@@ -1,6 +1,6 @@
 r"""The same training run with flax's layers and with `mmfusion.conv`'s.
 
-  python -m benchmarks.loss_curve --config=experiments/configs/av_digits.py \
+  python -m benchmarks.loss_curve --config=mmfusion/configs/av_digits.py \
       --config.total_steps=300 --config.data.data_dir=DIR [--swaps=conv,pool,norm]
 
 Runs `train.train_and_evaluate` twice in fresh workdirs, once under
@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from mmfusion import cli
+from mmfusion.runtime import cli
 
 _SWAPS = flags.DEFINE_list('swaps', ['conv', 'pool', 'norm'],
                            "Layers the first run takes from flax.")

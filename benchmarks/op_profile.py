@@ -16,7 +16,7 @@ import tempfile
 
 from absl import app, flags
 
-from mmfusion import cli
+from mmfusion.runtime import cli
 
 _MODEL = flags.DEFINE_string('model', 'av', 'benchmarks/specs.py MODELS name.')
 _STEPS = flags.DEFINE_integer('traced_steps', 10,

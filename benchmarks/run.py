@@ -34,7 +34,7 @@ import time
 from absl import app, flags, logging
 
 from benchmarks import report
-from mmfusion import cli
+from mmfusion.runtime import cli
 
 _MODELS = flags.DEFINE_list('models', ['seed', 'av', 'transformer'],
                             'Models to time (benchmarks/specs.py MODELS).')

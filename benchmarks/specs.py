@@ -1,8 +1,8 @@
 """The benchmarked models: real experiment configs, fed fixed random batches.
 
-  seed         experiments/configs/seed.py: MLP encoders, `concat` fusion;
+  seed         mmfusion/configs/seed.py: MLP encoders, `concat` fusion;
                with --fusions, one row per registered fusion method.
-  av           experiments/configs/av_digits.py: CNN image, log-mel
+  av           mmfusion/configs/av_digits.py: CNN image, log-mel
                `audio_cnn`, GRU text, `concat`, MLP head.
   transformer  `av` with the MBT `bottleneck` Transformer fusion.
 
@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments.configs import av_digits
-from experiments.configs import seed
+from mmfusion.configs import av_digits
+from mmfusion.configs import seed
 from mmfusion.data import pipeline
 
 # name -> (config module, fusion override or None)

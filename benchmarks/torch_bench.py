@@ -179,6 +179,6 @@ def serve(read_fd: int, write_fd: int):
 
 if __name__ == '__main__':
   if sys.argv[3] == 'tune':
-    from mmfusion import malloc  # pylint: disable=g-import-not-at-top
+    from mmfusion.runtime import malloc  # pylint: disable=g-import-not-at-top
     malloc.tune_malloc()
   serve(int(sys.argv[1]), int(sys.argv[2]))

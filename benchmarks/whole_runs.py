@@ -25,7 +25,7 @@ from absl import app, flags
 
 _CONFIGS = flags.DEFINE_multi_string(
     'run_config', ['seed', 'av_digits'],
-    'A config under experiments/configs/: NAME or NAME:ARG (e.g. '
+    'A config under mmfusion/configs/: NAME or NAME:ARG (e.g. '
     'seed:synergy); repeat the flag for several.')
 _K = flags.DEFINE_integer('k', 5, 'Seeds per side.')
 _SET = flags.DEFINE_multi_string(
@@ -42,7 +42,7 @@ def main_command(config: str, workdir: str, cache: str, overrides: list[str]):
   """The `mmfusion.main` command line of one run; `config` is NAME[:ARG]."""
   name, _, arg = config.partition(':')
   return [sys.executable, '-m', 'mmfusion.main',
-          f'--config=experiments/configs/{name}.py{":" + arg if arg else ""}',
+          f'--config=mmfusion/configs/{name}.py{":" + arg if arg else ""}',
           f'--workdir={workdir}', f'--compilation_cache={cache}',
           *(f'--config.{kv}' for kv in overrides)]
 

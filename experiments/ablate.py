@@ -1,7 +1,7 @@
 """Ablation studies in one command: a grid of configs x seeds, trained,
 scored for robustness and written up as tables and plots.
 
-  python -m experiments.ablate --config=experiments/configs/seed.py:synergy \\
+  python -m experiments.ablate --config=mmfusion/configs/seed.py:synergy \\
       --sweep='model.fusion=concat,tensor,late_logits' [--sweep='KEY=V1,V2'] \\
       --seeds=3 --workdir=DIR
 
@@ -36,7 +36,7 @@ import time
 from absl import app, flags, logging
 import ml_collections
 
-from mmfusion import cli
+from mmfusion.runtime import cli
 
 _SWEEP = flags.DEFINE_multi_string(
     'sweep', [], 'KEY=V1,V2,...: values of one config key; several --sweep '
@@ -260,7 +260,8 @@ def _output_to(path):
 
 def train_all(runs, verbose: bool = False):
   """Trains every unfinished run, printing overall progress and an ETA."""
-  from mmfusion import errors, train
+  from mmfusion import train
+  from mmfusion.runtime import errors
   total = sum(len(r['seeds']) for r in runs)
   cells_total = len({r['cell']['name'] for r in runs})
   todo = [r for r in runs if not finished(r)]
@@ -331,9 +332,7 @@ def robustness(run, kinds) -> dict:
   if cached and cached.get('kinds') == list(kinds) and cached.get(
       'step') == run['config'].total_steps:
     return cached
-  k = len(run['seeds'])
-  out = evaluation.corruption_curves(run['config'], run['dir'], kinds=kinds,
-                                     num_members=k if k > 1 else 0)
+  out = evaluation.corruption_curves(run['config'], run['dir'], kinds=kinds)
   out['kinds'] = list(kinds)
   with open(path, 'w') as f:
     json.dump(out, f, indent=2)
@@ -384,8 +383,8 @@ def main(argv):
 
   # JAX only after flag parsing, so XLA_FLAGS set by a launcher apply.
   from experiments.report import document, evaluation  # pylint: disable=g-import-not-at-top
-  from mmfusion import errors, models
-  from mmfusion.data import pipeline
+  from mmfusion import build
+  from mmfusion.runtime import errors
   cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   kinds = (evaluation.available_kinds() if _CORRUPTIONS.value is None
@@ -397,9 +396,7 @@ def main(argv):
              f'{", ".join(evaluation.available_kinds()) or "none"}.')
   try:
     for cell in cells:  # fail before any training on a bad name
-      models.check_config(cell['config'].model)
-      pipeline.check_modalities(pipeline.get_builder(cell['config'].data),
-                                cell['config'].data.modalities)
+      build.run(cell['config'])
     vmap = _VMAP.value and _SEEDS.value > 1 and 'vmap' in config
     runs = plan_runs(cells, _SEEDS.value, vmap, workdir)
     train_all(runs, _VERBOSE.value)

@@ -11,7 +11,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 # Config parts that must match to resume: they fix the state's shapes, the
 # data and the randomness. Schedules, intervals and total_steps may change.
@@ -76,10 +76,8 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         self.check_compatible(config_dict, step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore()))
-        return step, restored['state'], restored['data']
+        state, data = self.restore(step, abstract_state)
+        return step, state, data
       except errors.UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -88,6 +86,21 @@ class Checkpointer:
         print(f'Checkpoint step {step} is damaged ({reason}); moved it to '
               f'{moved} and falling back to an older one.', flush=True)
     return None, None, None
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def saved_config(self, step: int) -> dict:
+    """The config (as a dict) that the checkpoint of `step` was saved with."""
+    return self._saved_config(step)
+
+  def restore(self, step: int, abstract_state):
+    """(state, data_state) of `step`, laid out as `abstract_state` says
+    (ShapeDtypeStructs, with shardings where they have them)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore()))
+    return restored['state'], restored['data']
 
   def _quarantine(self, step: int) -> str:
     """Moves a damaged step out of the manager's sight; nothing is deleted."""
@@ -117,7 +130,3 @@ class Checkpointer:
   def close(self):
     self.manager.close()
 
-
-def abstract(state):
-  """ShapeDtypeStructs (with shardings) for restoring into `state`'s layout."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

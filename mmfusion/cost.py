@@ -1,6 +1,6 @@
 """What a config costs: parameters per part, FLOPs, peak memory, compile time.
 
-  python -m mmfusion.cost --config=experiments/configs/seed.py[:ARG] \\
+  python -m mmfusion.cost --config=mmfusion/configs/seed.py[:ARG] \\
       [--config.model.fusion=NAME] [--all_fusions]
 
 `report(config)` returns a JSON-ready dict for ablation tools. Costs are XLA's
@@ -18,31 +18,19 @@ import time
 import jax
 from absl import app, flags, logging
 
-from mmfusion import cli, errors, fusion, models, train
+from mmfusion import build, fusion, train
+from mmfusion.runtime import cli, errors
 from mmfusion.data import pipeline
 
 _ALL = flags.DEFINE_bool(
     'all_fusions', False, 'Print one row per registered fusion method.')
 
 
-def abstract_batch(config, batch_size: int):
-  """(abstract batch {key: ShapeDtypeStruct}, num_classes) of `config.data`."""
-  builder = pipeline.get_builder(config.data)
-  pipeline.check_modalities(builder, config.data.modalities)
-  spec = pipeline.batch_spec(builder, config.data.modalities, batch_size)
-  for key, (shape, dtype) in spec.items():
-    if any(d is None or d < 0 for d in shape) or dtype.kind not in 'biuf':
-      raise errors.UserError(
-          f'cannot cost {key!r}: it is {dtype} of shape {list(shape)}, and a '
-          f'cost needs fixed numeric shapes.')
-  abstract = {k: jax.ShapeDtypeStruct(shape, dtype)
-              for k, (shape, dtype) in spec.items()}
-  return abstract, builder.info.features['label'].num_classes
-
-
-def param_counts(params) -> dict:
-  """Parameters per top-level part (`encoder_<m>`, `fusion`, `head`...)."""
-  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
+def param_counts(params, members: int = 1) -> dict:
+  """Parameters of one member per top-level part (`encoder_<m>`, `fusion`,
+  `head`...); `params` holds `members` runs' stacked parameters."""
+  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree)
+                           ) // members
   counts = {'fusion': 0}  # a fusion without parameters still gets a row
   counts.update({part: count(tree) for part, tree in params.items()})
   order = lambda p: (not p.startswith('encoder_'), p != 'fusion', p)
@@ -82,41 +70,39 @@ def report(config, batch_size: int | None = None) -> dict:
   body once) and the K runs of `config.vmap` in one program; parameters are
   counted for one run.
   """
-  models.check_config(config.model)
+  run = build.run(config)
   batch_size = int(batch_size or config.batch_size)
-  accum = config.get('grad_accum_steps', 1)
+  accum = config.grad_accum_steps
   if batch_size % accum:
     raise errors.UserError(
         f'grad_accum_steps={accum} does not divide the batch of {batch_size}; '
         f'pick a divisor.')
-  spec, num_classes = abstract_batch(config, batch_size)
-  model = models.from_config(config.model, num_classes)
-  tx = train.make_optimizer(config)
-  seeds, lr_scales = train.members(config)
-  init = lambda b, s, l: train.create_train_state(model, tx, b, s, l)
-  forward = lambda params, b: model.apply({'params': params}, b)[0]
-  step = lambda k: lambda s, b: train.train_step(s, b, model=model, tx=tx,
-                                                 accum_steps=k)
-  one = jax.eval_shape(init, spec, seeds[0], lr_scales[0])
-  state, runs = one, lambda f: f
-  if len(seeds) > 1:  # as the loop runs them: one program, leaves [K, ...]
-    state = jax.eval_shape(jax.vmap(init, in_axes=(None, 0, 0)), spec, seeds,
-                           lr_scales)
-    runs = lambda f: jax.vmap(f, in_axes=(0, None))
-  train_step = compiled_cost(runs(step(accum)), state, spec, donate=0)
+  spec = run.abstract_batch(batch_size)
+  for key, s in spec.items():
+    if any(d is None or d < 0 for d in s.shape) or s.dtype.kind not in 'biuf':
+      raise errors.UserError(
+          f'cannot cost {key!r}: it is {s.dtype} of shape {list(s.shape)}, and '
+          f'a cost needs fixed numeric shapes.')
+  model, members = run.model, run.members
+  state = run.abstract_state()
+  step = lambda k: members.step(lambda s, b: train.train_step(
+      s, b, model=model, tx=run.tx, accum_steps=k))
+  forward = members.apply(lambda p, b: model.apply({'params': p}, b)[0])
+  train_step = compiled_cost(step(accum), state, spec, donate=0)
   if accum > 1:  # XLA counts a scan's body once: take the one-pass FLOPs
-    train_step['flops'] = compiled_cost(runs(step(1)), state, spec)['flops']
+    train_step['flops'] = compiled_cost(step(1), state, spec)['flops']
   return {
       'fusion': config.model.fusion,
       'stage': fusion.get_fusion(config.model.fusion).stage,
       'data': config.data.name,
       'modalities': list(config.data.modalities),
       'batch_size': batch_size,
-      'num_classes': int(num_classes),
-      'members': len(seeds),
+      'num_classes': run.data.num_classes,
+      'members': members.size,
       'backend': jax.default_backend(),
-      'params': param_counts(one.params),
-      'forward': compiled_cost(runs(forward), state.params, spec),
+      'kernels': model.kernels.name,
+      'params': param_counts(state.params, members.size),
+      'forward': compiled_cost(forward, state.params, spec),
       'train_step': train_step,
   }
 

@@ -16,10 +16,14 @@ from mmfusion import metrics, sharding
 from mmfusion.data import pipeline
 
 
-def eval_step(params, batch, *, model):
-  """Logits of one batch, with the labels and validity they belong to."""
-  logits_BxC, _ = model.apply({'params': params}, batch, train=False)
-  return {'logits': logits_BxC, 'label': batch['label'], 'valid': batch['valid']}
+def eval_fn(model, members):
+  """Logits of one batch for every member, [K, B, C], with the labels and
+  validity [B] they belong to."""
+  logits = members.apply(lambda p, b: model.apply({'params': p}, b,
+                                                  train=False)[0])
+  return lambda params, batch: {'logits': logits(params, batch),
+                                'label': batch['label'],
+                                'valid': batch['valid']}
 
 
 def subsets(modalities):
@@ -39,12 +43,10 @@ def only(batch, kept):
   return batch
 
 
-def evaluate(eval_fn, params, source, config, mesh, *,
-             with_subsets: bool = False):
-  """Metrics of `params` over a whole split, gathered from every process.
-
-  A dict, or one dict per member when `eval_fn` is vmapped over members.
-  """
+def evaluate(fn, params, source, config, mesh, *,
+             with_subsets: bool = False) -> list[dict]:
+  """One metrics dict per member of `params` over a whole split, gathered
+  from every process. `fn` is a jitted `eval_fn`: logits [K, B, C]."""
   kept_sets = subsets(config.data.modalities) if with_subsets else [None]
   outs = {kept: [] for kept in kept_sets}
   per_process = config.batch_size // jax.process_count()
@@ -53,21 +55,21 @@ def evaluate(eval_fn, params, source, config, mesh, *,
       process_index=jax.process_index(), process_count=jax.process_count()):
     for kept in kept_sets:
       batch = local if kept is None else only(local, kept)
-      out = eval_fn(params, sharding.to_global(batch, mesh))
+      out = fn(params, sharding.to_global(batch, mesh))
       outs[kept].append(multihost_utils.process_allgather(out, tiled=True))
-  members = outs[kept_sets[0]][0]['logits'].ndim == 3  # vmapped: [K, B, C]
-  results = [{} for _ in range(
-      outs[kept_sets[0]][0]['logits'].shape[0] if members else 1)]
+  results = None
   for i, kept in enumerate(kept_sets):
-    cat = {k: np.concatenate([o[k] for o in outs[kept]], axis=-1 if k != 'logits'
-                             else -2) for k in outs[kept][0]}
-    valid = cat['valid'].astype(bool)
-    logits = cat['logits'] if members else cat['logits'][None]
-    for r, logits_NxC in zip(results, logits):
-      m = metrics.classification(logits_NxC[valid], cat['label'][valid])
+    logits_KxNxC = np.concatenate([o['logits'] for o in outs[kept]], axis=1)
+    label_N, valid_N = (np.concatenate([o[k] for o in outs[kept]])
+                        for k in ('label', 'valid'))
+    valid_N = valid_N.astype(bool)
+    if results is None:
+      results = [{} for _ in logits_KxNxC]
+    for r, logits_NxC in zip(results, logits_KxNxC):
+      m = metrics.classification(logits_NxC[valid_N], label_N[valid_N])
       if i == 0:  # the full set: plain metric names
         r.update(m)
       else:
         r.update({f'{k}/{"+".join(kept)}': v for k, v in m.items()
                   if k != 'examples'})
-  return results if members else results[0]
+  return results

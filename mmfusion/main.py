@@ -6,7 +6,7 @@ can fix (`errors.UserError`) print as one sentence and exit with status 2.
 
 from absl import app, flags, logging
 
-from mmfusion import cli
+from mmfusion.runtime import cli
 
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '', 'Multi-host: HOST:PORT of process 0, the same '
@@ -25,7 +25,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cli.tune_malloc()
   # JAX only after flag parsing, so XLA_FLAGS set by a launcher apply.
-  from mmfusion import errors, sharding, train  # pylint: disable=g-import-not-at-top
+  from mmfusion import sharding, train  # pylint: disable=g-import-not-at-top
+  from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
   cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   config = cli.config()

@@ -5,6 +5,12 @@ The fusion registry entry decides the assembly:
   intermediate  per-modality encoder -> fusion -> head
   late          per-modality encoder -> per-modality head -> fusion of logits
 
+`aux` holds what a user of the trained model may want besides the logits:
+`embedding/<m>` (each encoder's tokens, mean-pooled over the real ones), and
+`embedding/fused` (the fusion module's output, or for early fusion the shared
+encoder's pooled tokens); late fusion adds `<m>/logits` and has no fused
+embedding.
+
 Shape legend: B batch, T tokens, D width, C classes.
 Modalities are visited in sorted order, as JAX visits dict keys.
 """
@@ -15,27 +21,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmfusion import encoders as encoders_lib
-from mmfusion import errors
 from mmfusion import fusion as fusion_lib
-from mmfusion import layers
+from mmfusion.nn import heads
+from mmfusion.nn import kernels as kernels_lib
+from mmfusion.nn import layers
+from mmfusion.nn import registry
+from mmfusion.runtime import errors
 
 Dtype = Any
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
-
-
-class Head(nn.Module):
-  """MLP classifier head: hidden Dense+ReLU layers, then Dense(C), f32 logits."""
-  num_classes: int
-  hidden: tuple[int, ...] = ()
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, z_BxD):
-    for width in self.hidden:
-      z_BxD = nn.relu(nn.Dense(width, dtype=self.dtype)(z_BxD))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(z_BxD).astype(
-        jnp.float32)
 
 
 def _present(batch, m):
@@ -62,16 +57,22 @@ class MultimodalModel(nn.Module):
   head_hidden: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   remat: bool = False  # recompute encoder activations in the backward pass
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX  # handed to every module
 
   def _encoder(self, cfg, name):
     cfg = dict(cfg)
-    return encoders_lib.make_encoder(cfg.pop('name'), dtype=self.dtype,
-                                     module_name=name, remat=self.remat, **cfg)
+    return encoders_lib.make_encoder(
+        cfg.pop('name'), module_name=name, remat=self.remat, **cfg,
+        dtype=self.dtype, kernels=self.kernels)
 
   def _fusion(self):
-    return fusion_lib.make_fusion(self.fusion, dtype=self.dtype,
-                                  module_name='fusion',
-                                  **dict(self.fusion_kwargs or {}))
+    return fusion_lib.make_fusion(
+        self.fusion, module_name='fusion', **dict(self.fusion_kwargs or {}),
+        dtype=self.dtype, kernels=self.kernels)
+
+  def _head(self, name):
+    return heads.Head(self.num_classes, self.head_hidden, self.dtype,
+                      name=name)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -84,25 +85,23 @@ class MultimodalModel(nn.Module):
       x = self._fusion()(inputs, present)
       tokens, mask = self._encoder(self.early_encoder, 'encoder_early')(
           x, train=train)
-      logits_BxC = Head(self.num_classes, self.head_hidden, self.dtype,
-                        name='head')(layers.masked_mean(tokens, mask))
-      return logits_BxC, aux
+      aux['embedding/fused'] = layers.masked_mean(tokens, mask)
+      return self._head('head')(aux['embedding/fused']), aux
 
     encoded = {m: self._encoder(self.encoders[m], f'encoder_{m}')(
         inputs[m], train=train) for m in modalities}
+    for m, (tokens, mask) in encoded.items():
+      aux[f'embedding/{m}'] = layers.masked_mean(tokens, mask)
     if stage == 'intermediate':
       z_BxD = self._fusion()({m: t for m, (t, _) in encoded.items()},
                              {m: k for m, (_, k) in encoded.items()},
                              present, train=train)
-      aux['fused'] = z_BxD
-      logits_BxC = Head(self.num_classes, self.head_hidden, self.dtype,
-                        name='head')(z_BxD)
-      return logits_BxC, aux
+      aux['embedding/fused'] = z_BxD
+      return self._head('head')(z_BxD), aux
 
     per_modality = {}
-    for m, (tokens, mask) in encoded.items():
-      per_modality[m] = Head(self.num_classes, self.head_hidden, self.dtype,
-                             name=f'head_{m}')(layers.masked_mean(tokens, mask))
+    for m in modalities:
+      per_modality[m] = self._head(f'head_{m}')(aux[f'embedding/{m}'])
       aux[f'{m}/logits'] = per_modality[m]
     logits_BxC = self._fusion()(per_modality, present, train=train)
     return logits_BxC.astype(jnp.float32), aux  # f32, as every Head gives
@@ -110,27 +109,36 @@ class MultimodalModel(nn.Module):
 
 def check_config(model_config):
   """Fails in one sentence on an unknown name or option in `config.model`."""
-  fusion_lib.make_fusion(model_config.fusion,
-                         **dict(model_config.get('fusion_kwargs') or {}))
-  for m, c in model_config.encoders.items():
+  registry.check_options('model.fusion_kwargs', model_config.fusion_kwargs)
+  fusion_lib.make_fusion(model_config.fusion, **model_config.fusion_kwargs)
+  encoders = dict(model_config.encoders)
+  if fusion_lib.get_fusion(model_config.fusion).stage == 'early':
+    encoders['early'] = model_config.early_encoder
+  for m, c in encoders.items():
+    where = ('model.early_encoder' if m == 'early' else
+             f'model.encoders.{m}')
     if 'name' not in c:
       raise errors.UserError(
-          f'model.encoders.{m} has no name; set e.g. '
-          f'--config.model.encoders.{m}.name=mlp.')
+          f'{where} has no name; set e.g. --config.{where}.name=mlp.')
+    registry.check_options(where, c)
     encoders_lib.make_encoder(**c)
-  if model_config.get('dtype', 'float32') not in DTYPES:
+  if model_config.dtype not in DTYPES:
     raise errors.unknown_name('model.dtype', model_config.dtype, DTYPES)
+  if model_config.kernels not in kernels_lib.CHOICES:
+    raise errors.unknown_name('model.kernels', model_config.kernels,
+                              kernels_lib.CHOICES)
 
 
 def from_config(model_config, num_classes: int) -> MultimodalModel:
-  """The model that `config.model` describes, for `num_classes` classes."""
-  check_config(model_config)
+  """The model that a checked `config.model` describes, for `num_classes`
+  classes; `model.kernels` is resolved here, once."""
   return MultimodalModel(
       encoders={m: dict(c) for m, c in model_config.encoders.items()},
       fusion=model_config.fusion,
       num_classes=num_classes,
-      fusion_kwargs=dict(model_config.get('fusion_kwargs') or {}),
-      early_encoder=dict(model_config.get('early_encoder') or {}),
-      head_hidden=tuple(model_config.get('head_hidden') or ()),
-      remat=bool(model_config.get('remat', False)),
-      dtype=DTYPES[model_config.get('dtype', 'float32')])
+      fusion_kwargs=dict(model_config.fusion_kwargs),
+      early_encoder=dict(model_config.early_encoder),
+      head_hidden=tuple(model_config.head_hidden),
+      remat=bool(model_config.remat),
+      dtype=DTYPES[model_config.dtype],
+      kernels=kernels_lib.resolve(model_config.kernels))

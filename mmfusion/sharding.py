@@ -1,6 +1,6 @@
 """The device mesh, where arrays live on it, and multi-host start-up.
 
-Mesh axes `data` and `model`. Batches are split along `data`. Parameters and
+One mesh axis, `data`. Batches are split along it. Parameters and
 optimizer state are replicated (data parallel), or, with `fsdp`, every array of
 at least `fsdp_min_size` elements is split along `data` on its largest axis
 that divides evenly (FSDP / ZeRO-3 style): XLA gathers it where a layer needs
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int,
@@ -31,21 +31,16 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
                                process_id=process_id)
 
 
-def make_mesh(num_devices: int = 0, model_parallel: int = 1) -> Mesh:
-  """A (`data`, `model`) mesh over the first `num_devices` devices (0: all)."""
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A one-axis (`data`) mesh over the first `num_devices` devices (0: all)."""
   available = jax.device_count()
   n = num_devices or available
   if n > available:
     raise errors.UserError(
         f'num_devices={n} but only {available} devices are visible; pass '
         f'--config.num_devices={available} or fewer (0 uses all).')
-  if n % model_parallel:
-    raise errors.UserError(
-        f'mesh.model={model_parallel} does not divide {n} devices; pass a '
-        f'divisor of {n}.')
-  return jax.make_mesh((n // model_parallel, model_parallel), ('data', 'model'),
-                       devices=jax.devices()[:n],
-                       axis_types=(AxisType.Auto, AxisType.Auto))
+  return jax.make_mesh((n,), ('data',), devices=jax.devices()[:n],
+                       axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

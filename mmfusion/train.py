@@ -3,96 +3,24 @@
 The pure core is `train_step(state, batch, *, model, tx)`; the loop around it
 places data on the mesh, logs, evaluates, checkpoints and handles preemption.
 Randomness of step s is `fold_in(state.rng, s)`, so a resumed run draws what an
-uninterrupted one does.
+uninterrupted one does. Everything the loop trains is built by `build.run`.
 """
 
 import json
 import os
 import uuid
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from mmfusion import build, evaluate, sharding
 from mmfusion import checkpoint as checkpoint_lib
-from mmfusion import errors, evaluate, models, preemption, reporting, sharding
+from mmfusion import members as members_lib
 from mmfusion.data import pipeline
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: dict
-  opt_state: optax.OptState
-  rng: jax.Array  # raw uint32[2] key: folded with the step for dropout
-  lr_scale: jax.Array  # multiplies the schedule: a vmapped lr sweep's value
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay, optionally clipped."""
-  opt = config.optimizer
-  if opt.name != 'adamw':
-    raise errors.unknown_name('optimizer', opt.name, ['adamw'])
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate,
-      warmup_steps=opt.warmup_steps,
-      decay_steps=max(config.total_steps, opt.warmup_steps + 1),
-      end_value=opt.learning_rate * opt.final_lr_fraction)
-  tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                   weight_decay=opt.weight_decay)
-  if opt.get('grad_clip_norm'):
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-  return tx
-
-
-def create_train_state(model, tx, example_batch, seed,
-                       lr_scale=1.0) -> TrainState:
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init({'params': init_rng}, example_batch, train=False)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), rng=train_rng,
-                    lr_scale=jnp.asarray(lr_scale, jnp.float32))
-
-
-def init_members(model, tx, example_batch, seeds, lr_scales) -> TrainState:
-  """K train states stacked on a leading axis, initialised one after another.
-
-  Not `jax.vmap`: vmapped, flax's orthogonal initialisers (GRU, LSTM) become
-  one batched LAPACK QR, which jaxlib splits over XLA:CPU's intra-op thread
-  pool from inside a task of that pool; two such QRs at once can leave every
-  worker waiting for a free one, and the program never finishes (seen on 2
-  cores). `lax.map` keeps each QR unbatched; the states are the same.
-  """
-  return jax.lax.map(
-      lambda sl: create_train_state(model, tx, example_batch, *sl),
-      (jnp.asarray(seeds), jnp.asarray(lr_scales)))
-
-
-def members(config):
-  """(seeds [K], lr_scales [K]) of the K runs that `config.vmap` trains at once.
-
-  `vmap.key == 'seed'`: seeds config.seed .. config.seed + K - 1. `vmap.key ==
-  'optimizer.learning_rate'`: one seed, `vmap.values` as peak learning rates
-  (AdamW's update is linear in the learning rate, so a scale is exact).
-  """
-  vmap = config.get('vmap') or {}
-  k, key = vmap.get('size', 1), vmap.get('key', 'seed')
-  if key == 'seed':
-    return np.arange(config.seed, config.seed + k), np.ones(k, np.float32)
-  if key == 'optimizer.learning_rate':
-    values = tuple(vmap.get('values') or ())
-    if len(values) != k:
-      raise errors.UserError(
-          f'vmap.values has {len(values)} learning rates but vmap.size={k}; '
-          f'give exactly {k}.')
-    return (np.full(k, config.seed),
-            np.asarray(values, np.float32) / config.optimizer.learning_rate)
-  raise errors.UserError(
-      f'vmap.key={key!r} cannot be vmapped; use seed or '
-      f'optimizer.learning_rate.')
+from mmfusion.runtime import errors, preemption, reporting
 
 
 def cross_entropy(logits_BxC, label_B):
@@ -108,7 +36,7 @@ def grad_norms(grads) -> dict:
   return out
 
 
-def train_step(state: TrainState, batch, *, model, tx, accum_steps: int = 1):
+def train_step(state: build.TrainState, batch, *, model, tx, accum_steps: int = 1):
   """One AdamW update on `batch`; returns (new_state, metrics).
 
   With `accum_steps` > 1 the batch is cut into that many micro-batches whose
@@ -180,79 +108,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_dict = config.to_dict()
 
   # ------------------------------------------------ Checks that fail fast ---
-  models.check_config(config.model)
-  builder = pipeline.get_builder(config.data)
-  pipeline.check_modalities(builder, config.data.modalities)
-  model = models.from_config(config.model, builder.info.features['label'].num_classes)
-  tx = make_optimizer(config)
-  mesh = sharding.make_mesh(config.get('num_devices', 0),
-                            config.get('mesh_model', 1))
-  sharding.check_batch_size(config.batch_size, mesh)
-  accum = config.get('grad_accum_steps', 1)
-  if (config.batch_size // jax.process_count()) % accum:
-    raise errors.UserError(
-        f'grad_accum_steps={accum} does not divide the per-process batch of '
-        f'{config.batch_size // jax.process_count()}; pick a divisor.')
+  run = build.run(config)
+  builder, members, mesh = run.builder, run.members, run.mesh
+  eval_splits = ('validation', 'test') + tuple(
+      s for s in config.data.extra_eval_splits if s not in
+      ('validation', 'test'))
   _writable(workdir)
 
   # ----------------------------------------------------------------- Data ---
   pipeline.prepare(builder)
-  eval_splits = ('validation', 'test') + tuple(
-      s for s in config.data.get('extra_eval_splits', ()) if s not in
-      ('validation', 'test'))
   missing = [s for s in eval_splits if s not in builder.info.splits]
   if missing:
     raise errors.UserError(
         f'{builder.info.full_name} has no split {missing}; its splits are '
         f'{list(builder.info.splits)} (fix data.extra_eval_splits).')
+  if jax.process_index() == 0:  # what mmfusion.load needs without the data
+    run.data.save(workdir)
   sources = {s: builder.as_data_source(split=s)
              for s in ('train',) + eval_splits}
-  per_process = config.batch_size // jax.process_count()
-  spec = pipeline.batch_spec(builder, config.data.modalities, per_process)
+  spec = run.batch_spec()
   train_iter = iter(pipeline.train_batches(
-      sources['train'], batch_size=per_process, seed=config.seed,
+      sources['train'], batch_size=run.per_process_batch, seed=config.seed,
       modalities=config.data.modalities, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      modality_dropout=config.data.get('modality_dropout')))
+      modality_dropout=config.data.modality_dropout))
 
   # ------------------------------------------------- Model and its state ---
-  example = {k: np.zeros((1,) + shape[1:], dtype)
-             for k, (shape, dtype) in spec.items()}
-  seeds, lr_scales = members(config)
-  vmapped = len(seeds) > 1  # K runs in one program, each leaf [K, ...]
-  if vmapped:
-    init = lambda: init_members(model, tx, example, seeds, lr_scales)
-  else:
-    init = lambda: create_train_state(model, tx, example, config.seed)
-  abstract = jax.eval_shape(init)
-  state_sharding = sharding.state_shardings(
-      abstract, mesh, fsdp=config.get('fsdp', False),
-      fsdp_min_size=config.get('fsdp_min_size', 2**14))
-  ckpt = checkpoint_lib.Checkpointer(
-      workdir, max_to_keep=config.get('keep_checkpoints', 3))
-  start, state, data_state = ckpt.restore_latest(
-      jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                   abstract, state_sharding), config_dict)
+  abstract = run.sharded_abstract_state()
+  state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
+  ckpt = checkpoint_lib.Checkpointer(workdir,
+                                     max_to_keep=config.keep_checkpoints)
+  start, state, data_state = ckpt.restore_latest(abstract, config_dict)
   if start is None:
-    state = jax.jit(init, out_shardings=state_sharding)()
+    state = run.init_state()
   else:
     train_iter.set_state(data_state)
     print(f'Resuming from step {start} of {ckpt.directory}.', flush=True)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params)) // len(seeds)
 
   # --------------------------------------------------------- Update step ---
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = lambda s, b: train_step(s, b, model=model, tx=tx,
-                                    accum_steps=accum)
-  eval_step = lambda p, b: evaluate.eval_step(p, b, model=model)
-  if vmapped:  # every member sees the same batches
-    step_fn = jax.vmap(step_fn, in_axes=(0, None))
-    eval_step = jax.vmap(eval_step, in_axes=(0, None), out_axes={
-        'logits': 0, 'label': None, 'valid': None})
-  update = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_fn = jax.jit(eval_step,
+  update = jax.jit(
+      members.step(lambda s, b: train_step(
+          s, b, model=run.model, tx=run.tx,
+          accum_steps=config.grad_accum_steps)),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_fn = jax.jit(evaluate.eval_fn(run.model, members),
                     in_shardings=(state_sharding.params, batch_sharding))
 
   # ----------------------------------------------------------------- Loop ---
@@ -260,17 +162,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best = _Best(workdir, config)
   step = int(np.max(state.step))  # members share the step
   progress = reporting.Progress(config.total_steps, config.batch_size, step)
-  log_every = config.get('log_every', 50)
   pending = []  # (step, device metrics) not yet checked and logged
+  evaluate_split = lambda split, **kw: evaluate.evaluate(
+      eval_fn, state.params, sources[split], config, mesh, **kw)
 
   def flush():
     """Checks and logs `pending`; called before anything is saved."""
     fetched = jax.device_get(pending)
     pending.clear()
     for s, m in fetched:
-      for k, one in enumerate(_split_members(m, vmapped)):
+      for k, one in enumerate(members_lib.per_member(m)):
         check_finite(s, one)
-        writer.write(s, 'train', one, member=k if vmapped else None)
+        writer.write(s, 'train', one, member=k if members.vmapped else None)
     if fetched:
       progress.update(fetched[-1][0], {
           k: float(np.mean([m[k] for _, m in fetched]))
@@ -283,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, out = update(state, sharding.to_global(batch, mesh))
       step += 1
       pending.append((step, out))
-      if step % log_every == 0 or step == config.total_steps:
+      if step % config.log_every == 0 or step == config.total_steps:
         flush()
         if preempt.requested():
           ckpt.save(step, state, train_iter.get_state(), config_dict, force=True)
@@ -293,11 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           return {'preempted': True, 'step': step}
       if step % config.eval_every == 0 and step < config.total_steps:
         flush()
-        val = evaluate.evaluate(eval_fn, state.params, sources['validation'],
-                                config, mesh)
-        _write(writer, step, 'validation', val)
-        best.update(step, _mean(val), state, train_iter.get_state(),
-                    config_dict)
+        val = evaluate_split('validation')
+        _write(writer, step, 'validation', val, members)
+        best.update(step, members_lib.mean(val), state,
+                    train_iter.get_state(), config_dict)
         progress.restart(step)
       if step % config.checkpoint_every == 0 or step == config.total_steps:
         flush()
@@ -305,25 +207,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.wait()
 
   # -------------------------------------------------------------- Results ---
-  results = {split: evaluate.evaluate(eval_fn, state.params, sources[split],
-                                      config, mesh, with_subsets=True)
+  results = {split: evaluate_split(split, with_subsets=True)
              for split in eval_splits}
-  best.update(step, _mean(results['validation']), state,
+  best.update(step, members_lib.mean(results['validation']), state,
               train_iter.get_state(), config_dict)
   for split, m in results.items():
-    _write(writer, step, split, m)
+    _write(writer, step, split, m, members)
   writer.close()
   best.close()
   ckpt.close()
-  summary = {split: _mean(m) for split, m in results.items()}
-  if vmapped:
+  summary = {split: members_lib.mean(m) for split, m in results.items()}
+  if members.vmapped:
     summary['members'] = [
-        {'member': k, 'seed': int(seeds[k]),
-         'learning_rate': float(lr_scales[k] * config.optimizer.learning_rate),
-         **{split: m[k] for split, m in results.items()}}
-        for k in range(len(seeds))]
-  summary.update(step=step, num_params=int(num_params), data=config.data.name,
-                 fusion=config.model.fusion, best=best.record)
+        {**record, **{split: m[k] for split, m in results.items()}}
+        for k, record in enumerate(
+            members.records(config.optimizer.learning_rate))]
+  summary.update(step=step, num_params=run.num_params(state.params),
+                 data=config.data.name, fusion=config.model.fusion,
+                 best=best.record)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(summary, f, indent=2)
@@ -331,38 +232,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def _split_members(m: dict, vmapped: bool):
-  """Per-member float dicts of one step's (possibly [K]-shaped) metrics."""
-  if not vmapped:
-    return [{k: float(v) for k, v in m.items()}]
-  k = len(next(iter(m.values())))
-  return [{name: float(v[i]) for name, v in m.items()} for i in range(k)]
-
-
-def _mean(results):
-  """A metrics dict, or the mean over members of a list of them."""
-  if isinstance(results, dict):
-    return results
-  mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-  if 'examples' in mean:  # a count, the same for every member
-    mean['examples'] = results[0]['examples']
-  return mean
-
-
-def _write(writer, step, split, results):
-  if isinstance(results, dict):
-    writer.write(step, split, results)
-  else:
-    for k, r in enumerate(results):
-      writer.write(step, split, r, member=k)
+def _write(writer, step, split, results: list, members):
+  """One event per member (named only in a vmapped run)."""
+  for k, r in enumerate(results):
+    writer.write(step, split, r, member=k if members.vmapped else None)
 
 
 class _Best:
   """Keeps the checkpoint with the best validation `config.best_metric`."""
 
   def __init__(self, workdir: str, config):
-    self.metric = config.get('best_metric', 'accuracy')
-    self.mode = config.get('best_mode', 'max')
+    self.metric = config.best_metric
+    self.mode = config.best_mode
     self.path = os.path.join(workdir, 'best', 'best.json')
     self.ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=1,
                                             subdir='best')

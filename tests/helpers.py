@@ -3,7 +3,7 @@
 import json
 import os
 
-from experiments.configs import seed as seed_config
+from mmfusion.configs import seed as seed_config
 
 TINY_DATA = {'num_train': 256, 'num_validation': 64, 'num_test': 64}
 
@@ -30,7 +30,7 @@ def read_metrics(workdir: str, split: str = 'train'):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = (
-    '--config=experiments/configs/seed.py:uniqueness_image,runlocal',
+    '--config=mmfusion/configs/seed.py:uniqueness_image,runlocal',
     '--config.batch_size=16', '--config.log_every=1',
     '--config.optimizer.warmup_steps=2', '--compilation_cache=',
     f'--config.data.overrides={TINY_DATA!r}')

@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 
 from experiments import ablate
-from experiments.configs import seed as seed_config
+from mmfusion.configs import seed as seed_config
 from experiments.report import stats
 from tests.helpers import ROOT, TINY_DATA, subprocess_env
 
@@ -21,7 +21,7 @@ from tests.helpers import ROOT, TINY_DATA, subprocess_env
 def _ablate(workdir, data_dir, *flags):
   return subprocess.run(
       [sys.executable, '-m', 'experiments.ablate', f'--workdir={workdir}',
-       '--config=experiments/configs/seed.py:uniqueness_image,runlocal',
+       '--config=mmfusion/configs/seed.py:uniqueness_image,runlocal',
        f'--config.data.data_dir={data_dir}',
        f'--config.data.overrides={TINY_DATA!r}', '--config.batch_size=16',
        '--config.total_steps=8', '--config.eval_every=4',

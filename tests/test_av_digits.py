@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import av_digits
 from mmfusion.data import pipeline
 from mmfusion.data import speech

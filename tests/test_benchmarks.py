@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import fast_layers, report, run, specs
-from experiments.configs import seed
+from mmfusion.configs import seed
 from mmfusion import conv, cost, models
 from mmfusion.encoders import image
 

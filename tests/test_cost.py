@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments.configs import seed as seed_config
+from mmfusion.configs import seed as seed_config
 from mmfusion import cost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def _cost(*flags):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   return subprocess.run(
       [sys.executable, '-m', 'mmfusion.cost',
-       '--config=experiments/configs/seed.py:runlocal', '--config.batch_size=8',
+       '--config=mmfusion/configs/seed.py:runlocal', '--config.batch_size=8',
        *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

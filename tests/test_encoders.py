@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.encoders import ENCODERS, audio, make_encoder
 
 B = 2

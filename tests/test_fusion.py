@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion import fusion
-from mmfusion import options
+from mmfusion.nn import registry
 
 B, C = 3, 5
 WIDTHS = {'audio': 8, 'image': 4, 'text': 6}
@@ -127,9 +127,9 @@ def test_registry_names_and_stages():
       **{n: 'late' for n in ('late_logits', 'late_probs', 'late_poe',
                              'late_weighted', 'late_stacking')}}
   for name, spec in fusion.FUSIONS.items():
-    assert 'dtype' in options.options_of(spec.module)
+    assert 'dtype' in registry.options_of(spec.module)
     if spec.stage == 'intermediate':
-      assert 'features' in options.options_of(spec.module)
+      assert 'features' in registry.options_of(spec.module)
 
 
 def test_make_fusion_errors():

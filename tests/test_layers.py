@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmfusion import layers
+from mmfusion.nn import layers
 
 
 def _qkv_mask(t=5, s=7):

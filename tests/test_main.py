@@ -17,7 +17,7 @@ def _main(*flags):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   return subprocess.run(
       [sys.executable, '-m', 'mmfusion.main',
-       '--config=experiments/configs/seed.py:runlocal', '--compilation_cache=',
+       '--config=mmfusion/configs/seed.py:runlocal', '--compilation_cache=',
        *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

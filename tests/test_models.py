@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import seed as seed_config
+from mmfusion.configs import seed as seed_config
 from mmfusion import fusion, models, train
 
 B, C = 4, 3

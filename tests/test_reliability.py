@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from mmfusion import errors, train
+from mmfusion import train
+from mmfusion.runtime import errors
 from mmfusion.data import pipeline
 from tests.helpers import (ROOT, final_params, main_command, read_metrics,
                            subprocess_env, tiny_config)

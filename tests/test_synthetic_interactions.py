@@ -6,7 +6,7 @@ import pytest
 
 from mmfusion.data import pipeline
 from mmfusion.data import synthetic_interactions as si
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 TINY = {'num_train': 64, 'num_validation': 20, 'num_test': 20}
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import tokenizer as tok
 
 

@@ -55,7 +55,7 @@ def test_member_init_keeps_lapack_qr_unbatched():
   intra-op pool; `init_members` must give each seed's own state without one."""
   import re  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments.configs import av_digits  # pylint: disable=g-import-not-at-top
+  from mmfusion.configs import av_digits  # pylint: disable=g-import-not-at-top
   from mmfusion import models  # pylint: disable=g-import-not-at-top
   config = av_digits.get_config('text')
   model = models.from_config(config.model, 10)

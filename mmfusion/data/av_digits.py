@@ -49,7 +49,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import corrupt
 from mmfusion.data import speech
 from mmfusion.data import tokenizer

@@ -56,7 +56,7 @@ import wave
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import speech
 from mmfusion.data import tokenizer
 
@@ -282,6 +282,11 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
             f'the manifest {self._path!r} has no labelled train rows; label '
             f'some, or list the classes in data.overrides.labels.')
     return self._rows
+
+  def numeric_columns(self) -> list[str]:
+    """The number columns, in the order of the `tabular` feature."""
+    self._read()
+    return list(self._numeric)
 
   def _split_of(self, line, row):
     if 'split' in row:

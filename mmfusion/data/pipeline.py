@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import BUILDERS
 from mmfusion.data import transforms
 

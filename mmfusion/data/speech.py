@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 SAMPLE_RATE = 22_050  # what eSpeak NG synthesizes
 # espeak_AUDIO_OUTPUT, espeak_PARAMETER and flag values from speak_lib.h.

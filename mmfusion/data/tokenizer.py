@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 PAD_ID = 0
 # Words are runs of letters/digits/underscore; every other non-space character

@@ -17,7 +17,7 @@ keeps at least one of the modalities it had.
 
 import numpy as np
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.data import corrupt as corrupt_lib
 
 KINDS = ('gaussian_noise', 'occlusion', 'scramble', 'drop')

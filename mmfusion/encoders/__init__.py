@@ -7,7 +7,7 @@ one token. See each module's docstring for its input and the paper it follows.
 
 import flax.linen as nn
 
-from mmfusion import options
+from mmfusion.nn import registry
 
 from mmfusion.encoders import audio
 from mmfusion.encoders import image
@@ -43,4 +43,4 @@ ENCODERS: dict[str, type[nn.Module]] = {
 def make_encoder(name: str, *, module_name: str | None = None,
                  remat: bool = False, **kwargs) -> nn.Module:
   """The encoder registered as `name`, built with the config's options."""
-  return options.build('encoder', name, ENCODERS, kwargs, module_name, remat)
+  return registry.build('encoder', name, ENCODERS, kwargs, module_name, remat)

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmfusion import conv
 from mmfusion.encoders import image
 from mmfusion.encoders import transformer
+from mmfusion.nn import kernels as kernels_lib
 
 
 def hz_to_mel(f_hz):
@@ -76,16 +76,18 @@ class AudioCnn(nn.Module):
   hop: int = 160  # 10 ms at 16 kHz
   n_mels: int = 64
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, wave_BxS, *, train: bool = False):
+    k = self.kernels
     spec_BxNxM = log_mel_spectrogram(
         wave_BxS, self.sample_rate, self.n_fft, self.hop, self.n_mels)
     x = spec_BxNxM[..., None].astype(self.dtype)  # [B, N, M, 1]
     for c in self.channels:
-      x = conv.Conv(c, (3, 3), dtype=self.dtype)(x)
-      x = nn.relu(image.group_norm(c, self.groups, self.dtype)(x))
-      x = conv.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+      x = k.conv(c, (3, 3), dtype=self.dtype)(x)
+      x = nn.relu(image.group_norm(k, c, self.groups, self.dtype)(x))
+      x = k.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
     b, n, m, c = x.shape
     x_BxNxMC = nn.Dropout(self.dropout, deterministic=not train)(
         x.reshape(b, n, m * c))
@@ -112,6 +114,7 @@ class AudioTransformer(nn.Module):
   hop: int = 160  # 10 ms at 16 kHz
   n_mels: int = 64
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, wave_BxS, *, train: bool = False):
@@ -122,4 +125,5 @@ class AudioTransformer(nn.Module):
     return transformer.TokenTransformer(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim, dropout=self.dropout, posemb=self.posemb,
-        class_token=self.class_token, dtype=self.dtype)(tokens_BxTxD, train=train)
+        class_token=self.class_token, dtype=self.dtype,
+        kernels=self.kernels)(tokens_BxTxD, train=train)

@@ -10,9 +10,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import conv
-from mmfusion import errors
 from mmfusion.encoders import transformer
+from mmfusion.nn import kernels as kernels_lib
+from mmfusion.runtime import errors
 
 
 def to_float_image(x, dtype):
@@ -43,21 +43,23 @@ class Cnn(nn.Module):
   pool: bool = False  # mean-pool the locations into a single token
   dropout: float = 0.0  # before the output projection
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    k = self.kernels
     x = to_float_image(x, self.dtype)
     for c in self.channels:
-      x = nn.relu(conv.Conv(c, (3, 3), dtype=self.dtype)(x))
-      x = conv.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')  # halves h, w
+      x = nn.relu(k.conv(c, (3, 3), dtype=self.dtype)(x))
+      x = k.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')  # halves h, w
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.features, dtype=self.dtype)(x)  # [B, h, w, D]
     return map_to_tokens(x, self.pool)
 
 
-def group_norm(channels: int, groups: int, dtype):
+def group_norm(kernels, channels: int, groups: int, dtype):
   """GroupNorm (Wu & He 2018) with the largest group count dividing `channels`."""
-  return conv.GroupNorm(num_groups=math.gcd(groups, channels), dtype=dtype)
+  return kernels.group_norm(num_groups=math.gcd(groups, channels), dtype=dtype)
 
 
 class ResidualBlock(nn.Module):
@@ -66,20 +68,21 @@ class ResidualBlock(nn.Module):
   strides: int = 1
   groups: int = 8
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
-    s = (self.strides, self.strides)
-    y = conv.Conv(self.channels, (3, 3), s, use_bias=False, dtype=self.dtype)(
+    k, s = self.kernels, (self.strides, self.strides)
+    norm = lambda: group_norm(k, self.channels, self.groups, self.dtype)
+    y = k.conv(self.channels, (3, 3), s, use_bias=False, dtype=self.dtype)(
         x_BxHxWxC)
-    y = nn.relu(group_norm(self.channels, self.groups, self.dtype)(y))
-    y = conv.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(y)
-    y = group_norm(self.channels, self.groups, self.dtype)(y)
+    y = nn.relu(norm()(y))
+    y = norm()(k.conv(self.channels, (3, 3), use_bias=False,
+                      dtype=self.dtype)(y))
     shortcut = x_BxHxWxC
     if shortcut.shape != y.shape:  # projection shortcut (option B)
-      shortcut = conv.Conv(self.channels, (1, 1), s, use_bias=False,
-                           dtype=self.dtype)(shortcut)
-      shortcut = group_norm(self.channels, self.groups, self.dtype)(shortcut)
+      shortcut = norm()(k.conv(self.channels, (1, 1), s, use_bias=False,
+                               dtype=self.dtype)(shortcut))
     return nn.relu(y + shortcut)
 
 
@@ -97,16 +100,18 @@ class ResNet(nn.Module):
   groups: int = 8  # GroupNorm groups (fewer when the width needs it)
   pool: bool = False  # mean-pool the locations into a single token
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    k = self.kernels
     x = to_float_image(x, self.dtype)
-    x = conv.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
-    x = nn.relu(group_norm(self.width, self.groups, self.dtype)(x))
+    x = k.conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(group_norm(k, self.width, self.groups, self.dtype)(x))
     for i, size in enumerate(self.stage_sizes):
       for j in range(size):
         x = ResidualBlock(self.width * 2**i, 2 if i and not j else 1,
-                          self.groups, self.dtype)(x)
+                          self.groups, self.dtype, k)(x)
     x = nn.Dense(self.features, dtype=self.dtype)(x)  # [B, h, w, D]
     return map_to_tokens(x, self.pool)
 
@@ -139,6 +144,7 @@ class ViT(nn.Module):
   posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
   class_token: bool = False
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -147,4 +153,5 @@ class ViT(nn.Module):
     return transformer.TokenTransformer(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim, dropout=self.dropout, posemb=self.posemb,
-        class_token=self.class_token, dtype=self.dtype)(tokens_BxTxD, train=train)
+        class_token=self.class_token, dtype=self.dtype,
+        kernels=self.kernels)(tokens_BxTxD, train=train)

@@ -10,7 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 CELLS = {'gru': nn.GRUCell, 'lstm': nn.OptimizedLSTMCell}
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from mmfusion.encoders import recurrent
 from mmfusion.encoders import transformer
+from mmfusion.nn import kernels as kernels_lib
 
 
 class _TextRnn(nn.Module):
@@ -60,6 +61,7 @@ class TextTransformer(nn.Module):
   max_len: int = 512  # longest input a learned position table covers
   class_token: bool = False  # prepend a [CLS] token (token 0, always real)
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, ids_BxL, *, train: bool = False):
@@ -68,5 +70,5 @@ class TextTransformer(nn.Module):
     return transformer.TokenTransformer(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim, dropout=self.dropout, posemb=self.posemb,
-        max_len=self.max_len, class_token=self.class_token, dtype=self.dtype)(
-            x_BxLxD, mask_BxL, train=train)
+        max_len=self.max_len, class_token=self.class_token, dtype=self.dtype,
+        kernels=self.kernels)(x_BxLxD, mask_BxL, train=train)

@@ -10,8 +10,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
-from mmfusion import layers
+from mmfusion.nn import kernels as kernels_lib
+from mmfusion.nn import layers
+from mmfusion.runtime import errors
 
 POSEMBS = ('learned', 'sincos', 'none')
 
@@ -34,6 +35,7 @@ class TokenTransformer(nn.Module):
   max_len: int | None = None  # learned table size; None: the length seen at init
   class_token: bool = False  # prepend a learned [CLS] token (token 0)
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, x_BxTxD, mask_BxT=None, *, train: bool = False):
@@ -51,7 +53,7 @@ class TokenTransformer(nn.Module):
     x_BxTxD = layers.Encoder(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim or 4 * d, dropout=self.dropout,
-        dtype=self.dtype)(x_BxTxD, mask_BxT, train=train)
+        dtype=self.dtype, kernels=self.kernels)(x_BxTxD, mask_BxT, train=train)
     return x_BxTxD, mask_BxT
 
   def _posemb(self, t: int, d: int):

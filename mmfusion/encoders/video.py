@@ -11,9 +11,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
-from mmfusion import layers
-from mmfusion import options
+from mmfusion.runtime import errors
+from mmfusion.nn import kernels as kernels_lib
+from mmfusion.nn import layers
+from mmfusion.nn import registry
 from mmfusion.encoders import image
 from mmfusion.encoders import transformer
 from mmfusion.encoders import vector
@@ -28,16 +29,19 @@ class FrameEncoder(nn.Module):
   frame_encoder: str = 'cnn'  # a key of FRAME_ENCODERS
   frame_options: Any = None  # dict of that encoder's options (not features)
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, video_BxFxHxWxC, *, train: bool = False):
     opts = dict(self.frame_options or {})
-    if 'features' in opts or 'dtype' in opts:
+    if 'features' in opts:
       raise errors.UserError(
-          'frame_options must not set features or dtype; the video encoder '
-          'passes its own to the frame encoder.')
-    encoder = options.build('frame encoder', self.frame_encoder, FRAME_ENCODERS,
-                            dict(opts, features=self.features, dtype=self.dtype))
+          'frame_options must not set features; the video encoder passes its '
+          'own to the frame encoder.')
+    encoder = registry.build(
+        'frame encoder', self.frame_encoder, FRAME_ENCODERS,
+        dict(opts, features=self.features), dtype=self.dtype,
+        kernels=self.kernels)
     b, f = video_BxFxHxWxC.shape[:2]
     frames = video_BxFxHxWxC.reshape(b * f, *video_BxFxHxWxC.shape[2:])
     tokens_NxTxD, mask_NxT = encoder(frames, train=train)  # N = B * F
@@ -50,11 +54,13 @@ class VideoPool(nn.Module):
   frame_encoder: str = 'cnn'  # 'cnn', 'resnet', 'vit' or 'mlp'
   frame_options: Any = None  # dict of the frame encoder's options
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, video_BxFxHxWxC, *, train: bool = False):
     frames_BxFxD = FrameEncoder(
-        self.features, self.frame_encoder, self.frame_options, self.dtype)(
+        self.features, self.frame_encoder, self.frame_options, self.dtype,
+        self.kernels)(
             video_BxFxHxWxC, train=train)
     pooled_Bx1xD = jnp.mean(frames_BxFxD, axis=1, keepdims=True)
     return pooled_Bx1xD, jnp.ones(pooled_Bx1xD.shape[:2], jnp.bool_)
@@ -73,16 +79,19 @@ class VideoTransformer(nn.Module):
   posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
   class_token: bool = False
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, video_BxFxHxWxC, *, train: bool = False):
     frames_BxFxD = FrameEncoder(
-        self.features, self.frame_encoder, self.frame_options, self.dtype)(
+        self.features, self.frame_encoder, self.frame_options, self.dtype,
+        self.kernels)(
             video_BxFxHxWxC, train=train)
     return transformer.TokenTransformer(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim, dropout=self.dropout, posemb=self.posemb,
-        class_token=self.class_token, dtype=self.dtype)(frames_BxFxD, train=train)
+        class_token=self.class_token, dtype=self.dtype,
+        kernels=self.kernels)(frames_BxFxD, train=train)
 
 
 class Tubelet(nn.Module):
@@ -100,6 +109,7 @@ class Tubelet(nn.Module):
   posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
   class_token: bool = False
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, video_BxFxHxWxC, *, train: bool = False):
@@ -116,4 +126,5 @@ class Tubelet(nn.Module):
     return transformer.TokenTransformer(
         num_layers=self.num_layers, num_heads=self.num_heads,
         mlp_dim=self.mlp_dim, dropout=self.dropout, posemb=self.posemb,
-        class_token=self.class_token, dtype=self.dtype)(tokens_BxTxD, train=train)
+        class_token=self.class_token, dtype=self.dtype,
+        kernels=self.kernels)(tokens_BxTxD, train=train)

@@ -14,8 +14,8 @@ import dataclasses
 
 import flax.linen as nn
 
-from mmfusion import errors
-from mmfusion import options
+from mmfusion.runtime import errors
+from mmfusion.nn import registry
 from mmfusion.fusion import attention
 from mmfusion.fusion import early
 from mmfusion.fusion import film
@@ -63,5 +63,5 @@ def get_fusion(name: str) -> FusionSpec:
 def make_fusion(name: str, *, module_name: str | None = None,
                 **kwargs) -> nn.Module:
   """The fusion module `name` configured with `kwargs` (model.fusion_kwargs)."""
-  return options.build('fusion', name, {k: v.module for k, v in FUSIONS.items()},
+  return registry.build('fusion', name, {k: v.module for k, v in FUSIONS.items()},
                        kwargs, module_name)

@@ -15,8 +15,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
-from mmfusion import layers
+from mmfusion.runtime import errors
+from mmfusion.nn import kernels as kernels_lib
+from mmfusion.nn import layers
 from mmfusion.fusion import common
 
 Dtype = Any
@@ -48,6 +49,7 @@ class CrossAttention(nn.Module):
   mlp_dim: int | None = None  # None: 4 * width
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
@@ -57,7 +59,7 @@ class CrossAttention(nn.Module):
     d = common.width(self.features, [x.shape[-1] for x, _ in cleaned.values()])
     block = lambda name: layers.Block(
         self.num_heads, self.mlp_dim or 4 * d, self.dropout, self.dtype,
-        name=name)
+        self.kernels, name=name)
     embedded = common.embed_tokens(cleaned, d, self.dtype)
     pooled = []
     for tgt in names:
@@ -112,6 +114,7 @@ class Bottleneck(nn.Module):
   mlp_dim: int | None = None  # None: 4 * width
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
@@ -136,7 +139,7 @@ class Bottleneck(nn.Module):
       updates = []
       for m in names:
         blk = layers.Block(self.num_heads, self.mlp_dim or 4 * d, self.dropout,
-                           self.dtype, name=f'{m}_{i}')
+                           self.dtype, self.kernels, name=f'{m}_{i}')
         if i < self.fusion_layer:
           x[m] = blk(x[m], valid[m], train=train)
           continue
@@ -175,6 +178,7 @@ class Perceiver(nn.Module):
   mlp_dim: int | None = None  # None: 4 * width
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.FLAX
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
@@ -182,7 +186,7 @@ class Perceiver(nn.Module):
     d = common.width(self.features, [x.shape[-1] for x, _ in cleaned.values()])
     block = lambda name: layers.Block(
         self.num_heads, self.mlp_dim or 4 * d, self.dropout, self.dtype,
-        name=name)
+        self.kernels, name=name)
     xs, valids = [], []
     for m, (x_BxTxD, valid_BxT) in common.embed_tokens(
         cleaned, d, self.dtype).items():

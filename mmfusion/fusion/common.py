@@ -11,8 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
-from mmfusion import layers
+from mmfusion.runtime import errors
+from mmfusion.nn import layers
 
 Dtype = Any
 

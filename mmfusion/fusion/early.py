@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.fusion import common
 
 Dtype = Any

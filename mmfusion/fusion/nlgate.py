@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import layers
+from mmfusion.nn import layers
 from mmfusion.fusion import common
 
 Dtype = Any

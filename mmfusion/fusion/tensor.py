@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 from mmfusion.fusion import common
 
 Dtype = Any

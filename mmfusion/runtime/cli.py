@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. experiments/configs/seed.py.',
+    'config', None, 'Experiment config file, e.g. mmfusion/configs/seed.py.',
     lock_config=True)
 WORKDIR = flags.DEFINE_string(
     'workdir', None, "Where checkpoints, metrics and results go (an ablation's "
@@ -36,7 +36,7 @@ NOTES = flags.DEFINE_string(
 
 def tune_malloc() -> bool:
   """Applies --tune_malloc; call before JAX starts its threads."""
-  from mmfusion import malloc  # pylint: disable=g-import-not-at-top
+  from mmfusion.runtime import malloc  # pylint: disable=g-import-not-at-top
   return malloc.tune_malloc() if TUNE_MALLOC.value else False
 
 
@@ -55,7 +55,7 @@ def parse_flags(argv):
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if '--config' in lines[0] and len(lines) > 1:  # config file did not load
       fail(f'cannot load the --config file: {lines[-1]}; pass the path of a '
-           f'config file such as experiments/configs/seed.py.')
+           f'config file such as mmfusion/configs/seed.py.')
     fail(f'{lines[0].rstrip(".")}; see --helpfull for the flags.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     key = re.findall(r"'([^'\\]+)", str(e))
@@ -80,5 +80,5 @@ def config():
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
     fail(f'cannot load the --config file ({reason}); pass the path of a '
-         f'config file such as experiments/configs/seed.py.')
+         f'config file such as mmfusion/configs/seed.py.')
   return value

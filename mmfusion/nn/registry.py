@@ -5,10 +5,13 @@ import dataclasses
 import flax.linen as nn
 from flax.core import frozen_dict
 
-from mmfusion import errors
+from mmfusion.runtime import errors
 
 # Fields every flax Module has that a config must not set.
 _INTERNAL = frozenset({'parent', 'name'})
+# What the model hands every module that declares the field (model.dtype,
+# model.kernels); a module's own options must not set them.
+CONTEXT = ('dtype', 'kernels')
 
 
 def options_of(cls) -> list[str]:
@@ -33,12 +36,14 @@ def build(kind: str, name: str, registry: dict, kwargs: dict,
 
   `module_name` names the flax submodule (its key in the parameter tree);
   `remat` recomputes its activations in the backward pass (`nn.remat`),
-  trading compute for memory.
+  trading compute for memory. The model's `CONTEXT` keys in `kwargs` go only
+  to classes that declare them (a GRU has no use for kernels).
   """
   if name not in registry:
     raise errors.unknown_name(kind, name, registry)
   cls = registry[name]
   known = options_of(cls)
+  kwargs = {k: v for k, v in kwargs.items() if k in known or k not in CONTEXT}
   bad = sorted(k for k in kwargs if k not in known)
   if bad:
     noun = 'option' if len(bad) == 1 else 'options'
@@ -48,3 +53,12 @@ def build(kind: str, name: str, registry: dict, kwargs: dict,
   if remat:
     cls = nn.remat(cls)
   return cls(name=module_name, **{k: freeze(v) for k, v in kwargs.items()})
+
+
+def check_options(where: str, options: dict):
+  """A config's options for one module must leave the model's CONTEXT alone."""
+  given = sorted(k for k in options if k in CONTEXT)
+  if given:
+    raise errors.UserError(
+        f'{where} sets {", ".join(given)}, which the model hands every '
+        f'module; set {" and ".join(f"model.{k}" for k in given)} instead.')

@@ -3,17 +3,17 @@
 image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
 + ReLU; concatenate; Dense(10).
 
-  --config=experiments/configs/seed.py               redundancy (default)
-  --config=experiments/configs/seed.py:synergy       another mechanism
-  --config=experiments/configs/seed.py:synergy,runlocal   a seconds-long run
-  --config=experiments/configs/seed.py:redundancy_3mod    names ending in _3mod
+  --config=mmfusion/configs/seed.py               redundancy (default)
+  --config=mmfusion/configs/seed.py:synergy       another mechanism
+  --config=mmfusion/configs/seed.py:synergy,runlocal   a seconds-long run
+  --config=mmfusion/configs/seed.py:redundancy_3mod    names ending in _3mod
       add tabular features (20-d) -> Dense(64) + ReLU as a third modality
   --config.model.fusion=tensor                       another fusion method
 """
 
 import ml_collections
 
-from experiments.configs import common
+from mmfusion.configs import common
 
 
 def get_config(arg: str = ''):
@@ -54,6 +54,9 @@ def get_config(arg: str = ''):
   config.model.head_hidden = ()
   config.model.dtype = 'float32'
   config.model.remat = False  # nn.remat on encoders: less memory, more compute
+  # 'auto': the fast XLA:CPU kernels on CPU, stock flax ops elsewhere
+  # (mmfusion/nn/kernels); 'flax' or 'xla_cpu' to choose.
+  config.model.kernels = 'auto'
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adamw'

@@ -3,19 +3,19 @@
 image 28x28 -> 3-stage CNN; audio 0.75 s -> log-mel CNN; text bytes -> GRU;
 mean-pooled tokens, concatenated, Dense(10). Sized for a 2-core CPU.
 
-  --config=experiments/configs/av_digits.py               noisy, all three
-  --config=experiments/configs/av_digits.py:audio         one modality alone
-  --config=experiments/configs/av_digits.py:image+text    any subset
-  --config=experiments/configs/av_digits.py:clean         every modality clean
-  --config=experiments/configs/av_digits.py:video         audio-visual sync
-  --config=experiments/configs/av_digits.py:variant=video,modalities=video
-  --config=experiments/configs/av_digits.py:audio,runlocal   a seconds-long run
+  --config=mmfusion/configs/av_digits.py               noisy, all three
+  --config=mmfusion/configs/av_digits.py:audio         one modality alone
+  --config=mmfusion/configs/av_digits.py:image+text    any subset
+  --config=mmfusion/configs/av_digits.py:clean         every modality clean
+  --config=mmfusion/configs/av_digits.py:video         audio-visual sync
+  --config=mmfusion/configs/av_digits.py:variant=video,modalities=video
+  --config=mmfusion/configs/av_digits.py:audio,runlocal   a seconds-long run
   --config.model.fusion=gated                              another fusion
 """
 
 import ml_collections
 
-from experiments.configs import common
+from mmfusion.configs import common
 
 VARIANTS = ('clean', 'noisy', 'video')
 MODALITIES = ('image', 'audio', 'text', 'video')
@@ -86,6 +86,9 @@ def get_config(arg: str = ''):
   config.model.head_hidden = (64,)
   config.model.dtype = 'float32'
   config.model.remat = False  # nn.remat on encoders: less memory, more compute
+  # 'auto': the fast XLA:CPU kernels on CPU, stock flax ops elsewhere
+  # (mmfusion/nn/kernels); 'flax' or 'xla_cpu' to choose.
+  config.model.kernels = 'auto'
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adamw'

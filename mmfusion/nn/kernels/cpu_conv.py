@@ -1,29 +1,27 @@
-"""Convolution-stack layers with gradients that are fast on XLA:CPU.
+"""Convolution-stack kernels for XLA:CPU: Conv, max_pool, GroupNorm.
 
-Drop-in replacements, with the same parameters (names, shapes, initialisers)
-and the same values and gradients as their flax / lax counterparts:
+Drop-in replacements for nn.Conv, nn.max_pool and nn.GroupNorm with the same
+parameters (names, shapes, initialisers), values and gradients, chosen by
+`model.kernels='xla_cpu'` (the default on the CPU backend):
 
-  Conv       nn.Conv (NHWC, 'SAME'/'VALID'/explicit padding, any stride,
-             no dilation or groups); on CPU its filter gradient is the sum
-             of XLA's filter gradients over chunks of 8 examples, which
-             XLA:CPU runs 1.2-2.5x faster than one over the whole batch (the
-             working set stays in cache), and with at most 4 input channels
-             (an image or spectrogram input) its forward is a sum of shifted
-             windows times each tap's weights, one elementwise fusion that
-             both threads share (XLA:CPU's YNNPACK convolution runs on one
-             thread: 64x37x40x1 -> 16, 1.40 -> 0.21 ms); elsewhere XLA's.
-  max_pool   nn.max_pool for non-overlapping windows (window == strides, the
-             2x2/2 of the CNN encoders); forward and backward are reshapes,
-             maxima and selects instead of reduce-window + select-and-scatter.
+  Conv       nn.Conv (NHWC, 'SAME'/'VALID'/explicit padding, any stride, no
+             dilation or groups). Its filter gradient is the sum of XLA's
+             filter gradients over chunks of 8 examples (the working set stays
+             in cache); with at most 4 input channels (an image or
+             spectrogram input) its forward is a sum of shifted windows times
+             each tap's weights, one elementwise fusion that both threads
+             share, where XLA:CPU runs its convolution on one thread. Under
+             `config.vmap` each member's convolution runs ungrouped.
+  max_pool   nn.max_pool; non-overlapping windows (window == strides) run
+             as reshapes, maxima and selects instead of reduce-window and
+             select-and-scatter.
   GroupNorm  nn.GroupNorm (Wu & He 2018) with the statistics summed over the
-             positions first, then over the channels of each group, and its
+             positions first, then over each group's channels, and its
              gradient written out (`group_norm`: two reductions over x).
 
-Why: on CPU, XLA lowers a max-pool gradient to a variadic reduce-window with
-iota indices and a scatter (21 ms for 64x37x40x16, against 3.5 ms here), its
-GroupNorm reductions over [B, H*W, G, C/G] run at ~2 GB/s, and its filter
-gradient of a 3x3 conv 32->64 on 128x28x28 takes 3.5x the forward's time.
-benchmarks/README.md has the measurements.
+Each is a `jax.custom_vjp`: reverse mode only (no jvp, no second
+derivatives); `model.kernels='flax'` gives stock ops that have both.
+benchmarks/RESULTS.md and benchmarks/notes.md hold the measurements.
 Legend: B batch, H/W spatial, C channels, G groups, K kernel taps, N rows.
 """
 
@@ -37,7 +35,7 @@ from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 _MAX_CHUNKS = 8  # filter-gradient pieces per conv at most
-_TAPS_MAX_CHANNELS = 4  # the taps forward wins up to here (1: 7x, 4: 2x)
+_TAPS_MAX_CHANNELS = 4  # the taps forward wins up to here (benchmarks/notes.md)
 
 
 def _pads(in_hw, kernel_hw, strides, padding):
@@ -96,8 +94,8 @@ def _members_unrolled(fn):
 
   Under `config.vmap` every member has its own kernel and, past the first
   layer, its own activations. Batching both turns a convolution into a
-  grouped one (feature_group_count = members), which XLA:CPU runs 5-10x
-  slower than the members' convolutions one after another; batching the
+  grouped one (feature_group_count = members), which XLA:CPU runs several
+  times slower than the members' convolutions one after another; batching the
   kernel alone folds the members into the output channels, whose
   member-major relayout afterwards costs more than the convolution. A
   batched `a` alone (shared kernel) is folded into the batch: plain vmap.
@@ -152,8 +150,8 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 class Conv(nn.Module):
   """2D convolution, NHWC; parameters `kernel` [kh, kw, C, O] and `bias` [O]
   as nn.Conv's (and auto-named `Conv_<i>` like it, so parameter trees match).
-  On CPU the filter gradient is summed over chunks of the batch, and a layer
-  with at most 4 input channels runs its forward as `_taps_conv`."""
+  The filter gradient is summed over chunks of the batch, and a layer with at
+  most 4 input channels runs its forward as `_taps_conv`."""
   features: int
   kernel_size: Sequence[int]
   strides: int | Sequence[int] = 1
@@ -163,17 +161,13 @@ class Conv(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
-  # Examples per filter-gradient piece; 0: one piece; None: 8 when the
-  # default backend is the CPU, else 0 (one convolution suits GPUs and TPUs).
-  filter_grad_chunk: int | None = None
-  # Forward as `_taps_conv` when there are at most 4 input channels (a first
-  # layer); None: on the CPU, where XLA's convolution is 2-7x slower there.
-  taps: bool | None = None
+  filter_grad_chunk: int = 8  # examples per filter-gradient piece; 0: one
+  taps: bool = True  # forward as `_taps_conv` with at most 4 input channels
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
     if x_BxHxWxC.ndim != 4:
-      raise ValueError(f'mmfusion.conv.Conv takes [B, H, W, C] inputs, got shape '
+      raise ValueError(f'cpu_conv.Conv takes [B, H, W, C] inputs, got shape '
                        f'{x_BxHxWxC.shape}; use nn.Conv for other ranks.')
     kh, kw = tuple(self.kernel_size)
     s = ((self.strides,) * 2 if isinstance(self.strides, int)
@@ -186,12 +180,7 @@ class Conv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias,
                                              dtype=self.dtype)
     pads = _pads(x.shape[1:3], (kh, kw), s, self.padding)
-    cpu = jax.default_backend() == 'cpu'
-    chunk = self.filter_grad_chunk
-    if chunk is None:
-      chunk = 8 if cpu else 0
-    taps = cpu if self.taps is None else self.taps
-    y = conv2d(x, kernel, s, pads, chunk, taps)
+    y = conv2d(x, kernel, s, pads, self.filter_grad_chunk, self.taps)
     return y if bias is None else y + bias
 
 
@@ -312,8 +301,7 @@ group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 class GroupNorm(nn.Module):
   """nn.GroupNorm(num_groups) over [B, ..., C]: same `scale` and `bias`
   parameters, same fast variance E[x^2] - E[x]^2 in float32, and a gradient
-  written out (`group_norm`): fwd+bwd of 64x37x40x16, 8 groups, 2.05 ->
-  0.86 ms on XLA:CPU."""
+  written out (`group_norm`)."""
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Any = None

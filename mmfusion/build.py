@@ -1,0 +1,180 @@
+"""One way to build a run: `build.run(config)`.
+
+Everything a run needs, made from its config in one place and used by
+training, `mmfusion.cost`, the ablation reports, the benchmarks and
+`mmfusion.load`:
+
+  config -> checked once (`check_config`)
+         -> data builder -> DataInfo (classes, input shapes, preprocessing)
+         -> model (kernels resolved), optimizer, members (config.vmap)
+         -> mesh, abstract train state and its shardings -> `Run.init_state`
+"""
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mmfusion import members as members_lib
+from mmfusion import models, sharding
+from mmfusion.data import info as info_lib
+from mmfusion.data import pipeline
+from mmfusion.runtime import errors
+
+# Keys the loop reads; the config files set every one (configs/common.py has
+# the run options they share), so nothing reads a default elsewhere.
+REQUIRED_KEYS = (
+    'seed', 'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
+    'log_every', 'num_devices', 'fsdp', 'fsdp_min_size', 'grad_accum_steps',
+    'keep_checkpoints', 'best_metric', 'best_mode', 'vmap.size', 'vmap.key',
+    'vmap.values', 'data.name', 'data.modalities', 'data.data_dir',
+    'data.overrides', 'data.modality_dropout', 'data.extra_eval_splits',
+    'model.fusion', 'model.fusion_kwargs', 'model.encoders',
+    'model.early_encoder', 'model.head_hidden', 'model.dtype', 'model.remat',
+    'model.kernels', 'optimizer.name', 'optimizer.learning_rate',
+    'optimizer.warmup_steps', 'optimizer.final_lr_fraction', 'optimizer.b1',
+    'optimizer.b2', 'optimizer.weight_decay', 'optimizer.grad_clip_norm')
+OPTIMIZERS = ('adamw',)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  rng: jax.Array  # raw uint32[2] key: folded with the step for dropout
+  lr_scale: jax.Array  # multiplies the schedule: a vmapped lr sweep's value
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, optionally clipped."""
+  opt = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.learning_rate,
+      warmup_steps=opt.warmup_steps,
+      decay_steps=max(config.total_steps, opt.warmup_steps + 1),
+      end_value=opt.learning_rate * opt.final_lr_fraction)
+  tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                   weight_decay=opt.weight_decay)
+  if opt.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx
+
+
+def create_train_state(model, tx, example_batch, seed,
+                       lr_scale=1.0) -> TrainState:
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init({'params': init_rng}, example_batch, train=False)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), rng=train_rng,
+                    lr_scale=jnp.asarray(lr_scale, jnp.float32))
+
+
+def _has(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def check_config(config):
+  """Fails in one sentence on anything in `config` that no run could use;
+  everything after it trusts the config."""
+  missing = [k for k in REQUIRED_KEYS if not _has(config, k)]
+  if missing:
+    raise errors.UserError(
+        f'the config has no {", ".join(missing[:6])}'
+        f'{" ..." if len(missing) > 6 else ""}; start from '
+        f'mmfusion/configs/seed.py, whose run options come from '
+        f'mmfusion/configs/common.py.')
+  models.check_config(config.model)
+  if config.optimizer.name not in OPTIMIZERS:
+    raise errors.unknown_name('optimizer', config.optimizer.name, OPTIMIZERS)
+  members_lib.from_config(config)
+  accum = config.grad_accum_steps
+  per_process = config.batch_size // jax.process_count()
+  if per_process % accum:
+    raise errors.UserError(
+        f'grad_accum_steps={accum} does not divide the per-process batch of '
+        f'{per_process}; pick a divisor.')
+
+
+@dataclasses.dataclass
+class Run:
+  """A built run: what the loop, cost, reports, benchmarks and load share."""
+  config: ml_collections.ConfigDict
+  data: info_lib.DataInfo
+  model: models.MultimodalModel
+  tx: optax.GradientTransformation
+  members: members_lib.Members
+  mesh: jax.sharding.Mesh
+  builder: object = None  # the TFDS builder; None when built from DataInfo
+
+  @property
+  def per_process_batch(self) -> int:
+    return self.config.batch_size // jax.process_count()
+
+  def batch_spec(self, batch_size: int | None = None) -> dict:
+    """{key: (shape, dtype)} of a batch (default: one process's batch)."""
+    return self.data.batch_spec(batch_size or self.per_process_batch)
+
+  def abstract_batch(self, batch_size: int | None = None) -> dict:
+    return {k: jax.ShapeDtypeStruct(shape, dtype)
+            for k, (shape, dtype) in self.batch_spec(batch_size).items()}
+
+  def example_batch(self) -> dict:
+    """A one-example batch of zeros, what parameters are initialised on."""
+    return {k: np.zeros((1,) + shape[1:], dtype)
+            for k, (shape, dtype) in self.batch_spec(1).items()}
+
+  def init(self) -> TrainState:
+    """Every member's fresh train state ([K, ...] leaves when vmapped)."""
+    example = self.example_batch()
+    return self.members.init(lambda seed, scale: create_train_state(
+        self.model, self.tx, example, seed, scale))
+
+  def abstract_state(self) -> TrainState:
+    return jax.eval_shape(self.init)
+
+  def state_shardings(self, abstract=None):
+    return sharding.state_shardings(
+        abstract or self.abstract_state(), self.mesh, fsdp=self.config.fsdp,
+        fsdp_min_size=self.config.fsdp_min_size)
+
+  def sharded_abstract_state(self):
+    """ShapeDtypeStructs with shardings: what a checkpoint restores into."""
+    abstract = self.abstract_state()
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, self.state_shardings(abstract))
+
+  def init_state(self) -> TrainState:
+    """The fresh state, born sharded over the mesh."""
+    return jax.jit(self.init, out_shardings=self.state_shardings())()
+
+  def num_params(self, params) -> int:
+    """Parameters of one member."""
+    return sum(int(x.size) for x in jax.tree.leaves(params)) // self.members.size
+
+
+def run(config, *, data: info_lib.DataInfo | None = None) -> Run:
+  """Checks `config` and builds its run. With `data` (a saved DataInfo) the
+  dataset is not opened: what `mmfusion.load` does with a workdir."""
+  check_config(config)
+  builder = None
+  if data is None:
+    builder = pipeline.get_builder(config.data)
+    pipeline.check_modalities(builder, config.data.modalities)
+    data = info_lib.from_builder(builder, config.data)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_batch_size(config.batch_size, mesh)
+  return Run(config=config, data=data,
+             model=models.from_config(config.model, data.num_classes),
+             tx=make_optimizer(config), members=members_lib.from_config(config),
+             mesh=mesh, builder=builder)

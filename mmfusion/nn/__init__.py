@@ -1,0 +1,4 @@
+"""Building blocks the encoders, fusion modules and models are made of:
+`layers` (Transformer blocks, masked pooling, position embeddings), `heads`
+(task heads), `kernels` (the per-backend op sets) and `registry` (a module
+from a registry name and config options)."""

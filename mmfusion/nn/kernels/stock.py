@@ -1,0 +1,21 @@
+"""Attention from stock JAX ops, in flax's `attention_fn` contract."""
+
+import flax.linen as nn
+import jax
+
+
+def attention(query, key, value, mask=None, dropout_rng=None,
+              dropout_rate=0.0, broadcast_dropout=True, deterministic=True,
+              dtype=None):
+  """`jax.nn.dot_product_attention` ([B, T, H, K] queries, [B, S, H, K] keys
+  and values, bool mask broadcastable to [B, H, T, S]): XLA's on CPU, fused
+  kernels where the backend has them. With attention dropout in training,
+  flax's `nn.dot_product_attention` (JAX's has no dropout)."""
+  if dropout_rate > 0.0 and not deterministic:
+    return nn.dot_product_attention(
+        query, key, value, mask=mask, dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+        deterministic=deterministic, dtype=dtype)
+  if dtype is not None:
+    query, key, value = (x.astype(dtype) for x in (query, key, value))
+  return jax.nn.dot_product_attention(query, key, value, mask=mask)
