@@ -85,7 +85,7 @@ def from_config(config) -> Members:
   if key == 'seed':
     return Members(tuple(range(config.seed, config.seed + k)), (1.0,) * k)
   if key == 'optimizer.learning_rate':
-    values = tuple(config.vmap.values or ())
+    values = tuple(config.vmap['values'] or ())  # .values is a method
     if len(values) != k:
       raise errors.UserError(
           f'vmap.values has {len(values)} learning rates but vmap.size={k}; '

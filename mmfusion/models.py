@@ -62,8 +62,14 @@ class MultimodalModel(nn.Module):
   def _encoder(self, cfg, name):
     cfg = dict(cfg)
     return encoders_lib.make_encoder(
-        cfg.pop('name'), module_name=name, remat=self.remat, **cfg,
-        dtype=self.dtype, kernels=self.kernels)
+        cfg.pop('name'), module_name=name, **cfg, dtype=self.dtype,
+        kernels=self.kernels)
+
+  def _encode(self, encoder, x, train: bool):
+    """`encoder(x, train=train)`, its activations recomputed in the backward
+    pass with `remat` (`train` stays a Python bool, closed over)."""
+    call = lambda module, x: module(x, train=train)
+    return (nn.remat(call) if self.remat else call)(encoder, x)
 
   def _fusion(self):
     return fusion_lib.make_fusion(
@@ -83,13 +89,13 @@ class MultimodalModel(nn.Module):
     aux = {}
     if stage == 'early':
       x = self._fusion()(inputs, present)
-      tokens, mask = self._encoder(self.early_encoder, 'encoder_early')(
-          x, train=train)
+      tokens, mask = self._encode(
+          self._encoder(self.early_encoder, 'encoder_early'), x, train)
       aux['embedding/fused'] = layers.masked_mean(tokens, mask)
       return self._head('head')(aux['embedding/fused']), aux
 
-    encoded = {m: self._encoder(self.encoders[m], f'encoder_{m}')(
-        inputs[m], train=train) for m in modalities}
+    encoded = {m: self._encode(self._encoder(self.encoders[m], f'encoder_{m}'),
+                               inputs[m], train) for m in modalities}
     for m, (tokens, mask) in encoded.items():
       aux[f'embedding/{m}'] = layers.masked_mean(tokens, mask)
     if stage == 'intermediate':

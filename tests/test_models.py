@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from mmfusion.configs import seed as seed_config
-from mmfusion import fusion, models, train
+from mmfusion import build, fusion, models, train
 
 B, C = 4, 3
 WIDTHS = {'image': 12, 'text': 6, 'tabular': 5}
@@ -37,7 +37,11 @@ def model_config(name: str, n: int, dtype: str = 'float32'):
   config.fusion_kwargs = TINY.get(name, {})
   config.encoders = {m: {'name': 'mlp', 'features': 8} for m in MODALITIES[n]}
   config.early_encoder = {'name': 'mlp', 'features': 8}
+  config.head_hidden = ()
+  config.remat = False
   config.dtype = dtype
+  config.kernels = 'auto'
+  models.check_config(config)
   return config
 
 
@@ -91,7 +95,7 @@ def run_case(name: str, n: int, steps: int = 3):
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(params, batch, batches):
-    state = train.create_train_state(model, tx, batch, 0).replace(
+    state = build.create_train_state(model, tx, batch, 0).replace(
         params=params, opt_state=tx.init(params))  # XLA drops the unused init
     forward = lambda b: model.apply({'params': state.params}, b)[0]
     logits_3xBxC = jax.vmap(forward)(batches)

@@ -15,7 +15,8 @@ def test_run_writes_its_workdir(tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
   summary = train.train_and_evaluate(tiny_config(data_dir), workdir)
   assert sorted(os.listdir(workdir)) == [
-      'best', 'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard']
+      'best', 'checkpoints', 'data_info.json', 'metrics.jsonl',
+      'results.json', 'tensorboard']
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)

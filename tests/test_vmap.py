@@ -52,18 +52,19 @@ def test_vmapped_learning_rates_scale_exactly(tmp_path, data_dir):
 
 def test_member_init_keeps_lapack_qr_unbatched():
   """A batched QR (vmapped orthogonal init of a GRU) can deadlock XLA:CPU's
-  intra-op pool; `init_members` must give each seed's own state without one."""
+  intra-op pool; `Members.init` must give each seed's own state without one."""
   import re  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from mmfusion.configs import av_digits  # pylint: disable=g-import-not-at-top
-  from mmfusion import models  # pylint: disable=g-import-not-at-top
+  from mmfusion import build, members, models  # pylint: disable=g-import-not-at-top
   config = av_digits.get_config('text')
   model = models.from_config(config.model, 10)
-  tx = train.make_optimizer(config)
+  tx = build.make_optimizer(config)
   example = {'text': np.zeros((1, 16), np.int32), 'label': np.zeros((1,), np.int32),
              'present/text': np.ones((1,), bool)}
-  seeds, scales = np.arange(3), np.ones(3, np.float32)
-  init = lambda: train.init_members(model, tx, example, seeds, scales)
+  seeds = np.arange(3)
+  init = lambda: members.Members(tuple(seeds), (1.0,) * 3).init(
+      lambda s, l: build.create_train_state(model, tx, example, s, l))
   hlo = jax.jit(init).lower().as_text()
   qr_operands = re.findall(r'lapack_sgeqrf_ffi.*?\((tensor<[^>]*>)', hlo)
   assert qr_operands, 'the GRU should have an orthogonal (QR) initialiser'
@@ -71,7 +72,7 @@ def test_member_init_keeps_lapack_qr_unbatched():
   stacked = jax.jit(init)()
   # Member k is the state of a single run with seed k (not compared with
   # jax.vmap's init, which could hang this test for the reason above).
-  one = jax.jit(lambda s: train.create_train_state(model, tx, example, s))
+  one = jax.jit(lambda s: build.create_train_state(model, tx, example, s))
   for k, seed in enumerate(seeds):
     for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(one(seed))):
       np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,6 @@ ENCODERS: dict[str, type[nn.Module]] = {
 
 
 def make_encoder(name: str, *, module_name: str | None = None,
-                 remat: bool = False, **kwargs) -> nn.Module:
+                 **kwargs) -> nn.Module:
   """The encoder registered as `name`, built with the config's options."""
-  return registry.build('encoder', name, ENCODERS, kwargs, module_name, remat)
+  return registry.build('encoder', name, ENCODERS, kwargs, module_name)

@@ -40,8 +40,8 @@ class FrameEncoder(nn.Module):
           'own to the frame encoder.')
     encoder = registry.build(
         'frame encoder', self.frame_encoder, FRAME_ENCODERS,
-        dict(opts, features=self.features), dtype=self.dtype,
-        kernels=self.kernels)
+        dict(opts, features=self.features, dtype=self.dtype,
+             kernels=self.kernels))
     b, f = video_BxFxHxWxC.shape[:2]
     frames = video_BxFxHxWxC.reshape(b * f, *video_BxFxHxWxC.shape[2:])
     tokens_NxTxD, mask_NxT = encoder(frames, train=train)  # N = B * F

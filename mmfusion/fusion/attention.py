@@ -97,10 +97,10 @@ class Bottleneck(nn.Module):
   bottleneck updates, so modalities exchange information only through the
   bottleneck. A bottleneck written in one fusion layer is read in the next, so
   information crosses modalities only with two or more fusion layers
-  (`num_layers - fusion_layer >= 2`); the default fuses in both layers. (With
-  the former default `fusion_layer=1`, the one fusion layer read only the
-  learned, input-free bottleneck: an additive model, at chance on synergy.) Weights are per modality. Output: the mean over modalities of
-  each one's mean-pooled, layer-normed tokens.
+  (`num_layers - fusion_layer >= 2`); the default fuses in both layers (with
+  a single fusion layer, the bottleneck it reads is the learned, input-free
+  one: an additive model). Weights are per modality. Output: the mean over
+  modalities of each one's mean-pooled, layer-normed tokens.
 
   Missing: an absent modality's tokens are masked out, and it is left out of
   the bottleneck average and of the output mean (renormalised over present

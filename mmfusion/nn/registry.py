@@ -31,13 +31,12 @@ def freeze(value):
 
 
 def build(kind: str, name: str, registry: dict, kwargs: dict,
-          module_name: str | None = None, remat: bool = False):
+          module_name: str | None = None):
   """`registry[name](**kwargs)`, or a one-sentence UserError naming the fix.
 
-  `module_name` names the flax submodule (its key in the parameter tree);
-  `remat` recomputes its activations in the backward pass (`nn.remat`),
-  trading compute for memory. The model's `CONTEXT` keys in `kwargs` go only
-  to classes that declare them (a GRU has no use for kernels).
+  `module_name` names the flax submodule (its key in the parameter tree).
+  The model's `CONTEXT` keys in `kwargs` go only to classes that declare them
+  (a GRU has no use for kernels).
   """
   if name not in registry:
     raise errors.unknown_name(kind, name, registry)
@@ -50,8 +49,6 @@ def build(kind: str, name: str, registry: dict, kwargs: dict,
     raise errors.UserError(
         f'{kind} {name!r} has no {noun} {", ".join(repr(b) for b in bad)}; '
         f'its options are: {", ".join(known)}.')
-  if remat:
-    cls = nn.remat(cls)
   return cls(name=module_name, **{k: freeze(v) for k, v in kwargs.items()})
 
 
