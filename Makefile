@@ -1,27 +1,79 @@
-# The two set-up commands of README.md. Both create .venv with everything the
-# project needs, so a fresh clone needs nothing installed by hand.
+# The two set-up commands of README.md. Each creates .venv with what it needs
+# (demo: the package; test: the package and its test extra, PyTorch
+# included), so a fresh clone needs nothing installed by hand.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/seed
 
-.PHONY: demo test install clean
+.PHONY: demo test install reports clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+
+# One stamp per set of packages: `make test` after `make demo` adds the test
+# extra, and a changed pyproject.toml reinstalls. An extra holds the package,
+# so its recipe stamps .demo too.
+$(VENV)/.demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.demo
+
+$(VENV)/.reports: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[report]'
+	touch $@ $(VENV)/.demo
+
+install: $(VENV)/.demo
 
 # Trains the seed model on synthetic_interactions, evaluates, checkpoints and
-# prints a result table. Re-running resumes from WORKDIR's latest checkpoint.
-demo: install
-	$(PY) -m mmfusion.main --config=experiments/configs/seed.py --workdir=$(WORKDIR)
+# prints a result table and where the results are. Re-running resumes from
+# WORKDIR's latest checkpoint.
+demo: $(VENV)/.demo
+	$(PY) -m mmfusion.main --config=mmfusion/configs/seed.py --workdir=$(WORKDIR)
 
-test: install
+test: $(VENV)/.test
 	$(PY) -m pytest tests
+
+# Regenerates every report under experiments/reports, each with its notes.md:
+# long (hours of CPU training), and re-running resumes. The runs stay in each
+# report's cells/, which git ignores. DATA_DIR=DIR builds the datasets there.
+FUSIONS := early,concat,sum,gated,nlgate,tensor,low_rank_tensor,multiplicative
+FUSIONS := $(FUSIONS),film,cross_attention,bottleneck,perceiver,late_logits
+FUSIONS := $(FUSIONS),late_probs,late_poe,late_weighted,late_stacking
+REPORTS := experiments/reports
+ABLATE := $(PY) -m experiments.ablate --seeds=3
+DATA := $(if $(DATA_DIR),--config.data.data_dir=$(DATA_DIR))
+SEED := --config=mmfusion/configs/seed.py
+
+reports: $(VENV)/.reports
+	for variant in redundancy uniqueness_image uniqueness_text; do \
+	  $(ABLATE) $(SEED):$$variant $(DATA) --config.total_steps=1000 \
+	    --sweep=model.fusion=$(FUSIONS) \
+	    --workdir=$(REPORTS)/synthetic_$$variant \
+	    --notes=$(REPORTS)/synthetic_$$variant/notes.md || exit 1; \
+	done
+	$(ABLATE) $(SEED):synergy $(DATA) --sweep=model.fusion=$(FUSIONS) \
+	  --workdir=$(REPORTS)/synthetic_synergy \
+	  --notes=$(REPORTS)/synthetic_synergy/notes.md
+	$(ABLATE) $(SEED):synergy $(DATA) \
+	  --sweep=model.fusion=early,concat,late_logits \
+	  '--sweep=model.head_hidden=(),(128,)' \
+	  --workdir=$(REPORTS)/synthetic_synergy/checks/head_hidden
+	$(ABLATE) $(SEED):synergy $(DATA) --config.model.fusion=early \
+	  --sweep=model.early_encoder.features=64,512 \
+	  --workdir=$(REPORTS)/synthetic_synergy/checks/early_width
+	$(ABLATE) $(SEED):synergy $(DATA) --config.model.fusion=bottleneck \
+	  "--sweep=model.fusion_kwargs={},{'fusion_layer': 0}" \
+	  --workdir=$(REPORTS)/synthetic_synergy/checks/bottleneck
+	$(ABLATE) --config=mmfusion/configs/av_digits.py:noisy $(DATA) \
+	  --config.total_steps=500 --config.eval_every=250 \
+	  --config.checkpoint_every=250 --sweep=model.fusion=$(FUSIONS) \
+	  --workdir=$(REPORTS)/av_digits_noisy \
+	  --notes=$(REPORTS)/av_digits_noisy/notes.md
 
 clean:
 	rm -rf $(VENV) workdirs

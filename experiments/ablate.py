@@ -382,6 +382,7 @@ def main(argv):
                f'pass a Markdown file or leave the flag out.')
 
   # JAX only after flag parsing, so XLA_FLAGS set by a launcher apply.
+  cli.start_distributed()
   from experiments.report import document, evaluation  # pylint: disable=g-import-not-at-top
   from mmfusion import build
   from mmfusion.runtime import errors
@@ -416,5 +417,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  for name in cli.RUN_FLAGS + cli.MULTIHOST_FLAGS + ('notes',):
+    flags.declare_key_flag(name)
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,9 +1,12 @@
 """The ablation command: grid, resume, report files, and the report's maths."""
 
 import csv
+import glob
 import itertools
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,6 +99,70 @@ def test_bad_sweeps_fail_in_one_sentence(flag, message, tmp_path):
   assert result.stderr.startswith(f'mmfusion: error: {message}'), result.stderr
   assert len(result.stderr.splitlines()) == 1
   assert not (tmp_path / 'w').exists()
+
+
+# ------------------------------------------------------- make reports ---
+
+_STUB = """#!/bin/sh
+[ "$2" = experiments.ablate ] || exit 0  # pip: nothing to install
+shift 2
+printf '%s\\n' "$@" --- >> "$0.argv"
+"""
+
+_PARSE = """
+import json, sys
+from absl import flags
+from experiments import ablate
+from mmfusion.runtime import cli
+for argv in json.load(sys.stdin):
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # the last command's overrides
+  flags.FLAGS.unparse_flags()
+  sys.argv = ['ablate', *argv]  # config_flags reads overrides from sys.argv
+  cli.parse_flags(sys.argv)
+  sweeps = [ablate.parse_sweep(cli.config(), s) for s in flags.FLAGS.sweep]
+  ablate.make_cells(cli.config(), sweeps)
+"""
+
+
+def _make_reports_commands(tmp_path):
+  """Each `experiments.ablate` argv of `make reports`, run by a stand-in."""
+  stub = tmp_path / 'python'
+  stub.write_text(_STUB)
+  stub.chmod(0o755)
+  subprocess.run(['make', '-s', 'reports', f'PY={stub}', f'VENV={tmp_path}'],
+                 cwd=ROOT, check=True, capture_output=True, timeout=60)
+  text = (tmp_path / 'python.argv').read_text()
+  return [c.splitlines() for c in text.split('---\n') if c.strip()]
+
+
+def _key_flags(argv):
+  """The flags that shape the results: no paths of outputs, notes, data."""
+  skip = ('--workdir=', '--notes=', '--config.data.data_dir=')
+  return sorted(a for a in argv if not a.startswith(skip))
+
+
+@pytest.mark.skipif(shutil.which('make') is None, reason='needs make')
+def test_make_reports_reruns_every_committed_report(tmp_path):
+  commands = _make_reports_commands(tmp_path)
+  reports = os.path.join(ROOT, 'experiments', 'reports')
+  by_dir = {os.path.join(ROOT, next(a[10:] for a in c if a.startswith(
+      '--workdir='))): c for c in commands}
+  report_dirs = {os.path.dirname(p) for p in glob.glob(
+      os.path.join(reports, '**', 'report.md'), recursive=True)}
+  assert set(by_dir) == report_dirs
+  for path, argv in by_dir.items():
+    with open(os.path.join(path, 'report.md')) as f:
+      old = re.search(r'Command: `python -m experiments.ablate (.*)`', f.read())
+    old = old.group(1).replace('experiments/configs/', 'mmfusion/configs/')
+    assert _key_flags(argv) == _key_flags(shlex.split(old)), path
+    notes = os.path.join(path, 'notes.md')
+    assert (f'--notes={os.path.relpath(notes, ROOT)}' in argv) == (
+        os.path.exists(notes)), path
+  parsed = subprocess.run([sys.executable, '-c', _PARSE], cwd=ROOT,
+                          input=json.dumps(commands), capture_output=True,
+                          text=True, timeout=60)
+  assert parsed.returncode == 0, parsed.stderr
 
 
 # ------------------------------------------------------------------ Grid ---

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from mmfusion import train
+from mmfusion.runtime import malloc
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,3 +84,32 @@ def test_every_command_line_tool_imports_into_one_process():
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('tool', ['mmfusion.main', 'experiments.ablate'])
+def test_help_lists_the_shared_flags(tool):
+  result = subprocess.run([sys.executable, '-m', tool, '--help'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+  for flag in ('--config', '--workdir', '--[no]tune_malloc',
+               '--coordinator_address', '--num_processes', '--process_id'):
+    assert f'\n  {flag}: ' in result.stdout, (flag, result.stdout[-2000:])
+
+
+@pytest.mark.parametrize('platforms, plugins, on_cpu', [
+    (None, (), True), ('', (), True), ('cpu', ('jax_cuda12_plugin',), True),
+    ('CPU,cuda', (), True), ('cuda', (), False), ('tpu,cpu', (), False),
+    (None, ('jax_cuda12_plugin',), False),
+    (None, ('jax_cuda13_plugin',), False),
+    (None, ('libtpu',), False), (None, ('numpy',), True),
+])
+def test_tune_malloc_is_on_where_jax_runs_on_the_cpu(platforms, plugins,
+                                                    on_cpu):
+  env = {} if platforms is None else {'JAX_PLATFORMS': platforms}
+  find = lambda name: object() if name in plugins else None
+  assert malloc.runs_on_cpu(env, find) is on_cpu
+
+
+def test_a_broken_plugin_lookup_counts_as_no_plugin():
+  def find(name):
+    raise ModuleNotFoundError(name)
+  assert malloc.runs_on_cpu({}, find)

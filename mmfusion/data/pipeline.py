@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import sys
+import time
 
 import grain
 import jax
@@ -78,10 +79,29 @@ def prepare(builder):
   processes write the same files.
   """
   if jax.process_index() == 0:
-    builder.download_and_prepare(file_format='array_record')
+    _build(builder)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'prepare {builder.info.full_name}')
-    builder.download_and_prepare(file_format='array_record')
+    _build(builder)
+
+
+def _build(builder):
+  """`download_and_prepare`, told in two plain lines; TFDS's progress bars
+  (`\\r` and escape codes) only when the output is a terminal."""
+  # TFDS 4.9 prints its "Downloading and preparing ..." banner here.
+  for method in ('_log_download_bytes', '_log_download_done'):
+    setattr(builder, method, lambda: None)
+  if not (sys.stdout.isatty() and sys.stderr.isatty()):
+    tfds.disable_progress_bar()
+  if builder.is_prepared():
+    return builder.download_and_prepare(file_format='array_record')
+  print(f'Building {builder.info.full_name} in {builder.data_dir_root} ...',
+        flush=True)
+  t0 = time.perf_counter()
+  builder.download_and_prepare(file_format='array_record')
+  n = sum(split.num_examples for split in builder.info.splits.values())
+  print(f'... built ({n:,} examples, {time.perf_counter() - t0:.0f} s)',
+        flush=True)
 
 
 def check_modalities(builder, modalities):

@@ -1,6 +1,7 @@
 """What the command-line tools share: the flags they have in common (--config,
---workdir, --compilation_cache, --tune_malloc, --notes), and bad input told in
-one sentence (`mmfusion: error: ...` on stderr, exit status 2, no traceback).
+--workdir, --compilation_cache, --tune_malloc, --notes, the multi-host flags),
+and bad input told in one sentence (`mmfusion: error: ...` on stderr, exit
+status 2, no traceback).
 
 Used by `mmfusion.main`, `mmfusion.cost`, `experiments.ablate` and
 `benchmarks`; defining a shared flag here, once, lets them be imported into
@@ -16,8 +17,9 @@ from absl import flags
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. mmfusion/configs/seed.py.',
-    lock_config=True)
+    'config', None, 'Experiment config: a file, e.g. mmfusion/configs/seed.py'
+    ':synergy, or the name of one that ships in the package, e.g. '
+    'seed:synergy or av_digits.py:audio.', lock_config=True)
 WORKDIR = flags.DEFINE_string(
     'workdir', None, "Where checkpoints, metrics and results go (an ablation's "
     'runs and report); re-running with the same workdir resumes.')
@@ -25,19 +27,84 @@ COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.expanduser('~/.cache/mmfusion/jax'),
     'Persistent XLA compilation cache directory ("" turns it off).')
 TUNE_MALLOC = flags.DEFINE_bool(
-    'tune_malloc', True, "Keep freed memory in glibc's heap for reuse "
-    "(mmfusion/malloc.py): XLA:CPU's per-step temporaries then skip the page "
-    'faults of fresh mmap-ed blocks (faster CPU steps; the process keeps its '
-    'peak memory until it exits).')
+    'tune_malloc', None, "Keep freed memory in glibc's heap for reuse "
+    "(mmfusion/runtime/malloc.py): XLA:CPU's per-step temporaries then skip "
+    'the page faults of fresh mmap-ed blocks (faster CPU steps; the process '
+    'keeps its peak memory until it exits). Unset: on when JAX will run on '
+    'the CPU (JAX_PLATFORMS starts with cpu, or no GPU/TPU plugin is '
+    'installed); --tune_malloc or --notune_malloc forces it.')
 NOTES = flags.DEFINE_string(
     'notes', None, 'A Markdown file (what was found, what is left) that the '
     'written report ends with.')
+COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'Multi-host: HOST:PORT of process 0, the same '
+    'on every process.')
+NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', 1, 'Multi-host: how many processes (one per host).')
+PROCESS_ID = flags.DEFINE_integer(
+    'process_id', 0, 'Multi-host: this process, 0 .. num_processes - 1.')
+DISTRIBUTED_AUTO = flags.DEFINE_bool(
+    'distributed_auto', False, 'Multi-host: let jax.distributed.initialize '
+    'read the cluster (TPU pod, SLURM, Open MPI) instead of '
+    '--coordinator_address, --num_processes and --process_id.')
+
+# Names for `flags.declare_key_flag` in a tool, so its --help lists them
+# (absl's --help shows only the main module's key flags).
+RUN_FLAGS = ('config', 'workdir', 'compilation_cache', 'tune_malloc')
+MULTIHOST_FLAGS = ('coordinator_address', 'num_processes', 'process_id',
+                   'distributed_auto')
+
+CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def packaged_configs() -> list[str]:
+  """Names of the config files in mmfusion/configs (seed, av_digits, ...)."""
+  return sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith('.py')
+                and not f.startswith('_') and f != 'common.py')
+
+
+def resolve_config(value: str) -> str:
+  """A --config value naming a packaged config (`seed[:ARG]`,
+  `av_digits.py[:ARG]`, `mmfusion/configs/seed.py[:ARG]`) with no such file on
+  disk, as the packaged file's path; any other value unchanged."""
+  path, sep, arg = value.partition(':')
+  if not path or os.path.isfile(path):
+    return value
+  folder, name = os.path.split(os.path.normpath(path))
+  name = name.removesuffix('.py')
+  if (folder not in ('', os.path.join('mmfusion', 'configs'))
+      or name not in packaged_configs()):
+    return value
+  return os.path.join(CONFIGS_DIR, f'{name}.py') + sep + arg
+
+
+def _resolve_config_args(argv):
+  """`argv` with each --config value passed through `resolve_config`."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], start=1):
+    if arg == '--':
+      break
+    flag, eq, value = arg.partition('=')
+    if flag in ('--config', '-config') and eq:
+      out[i] = f'{flag}={resolve_config(value)}'
+    elif arg in ('--config', '-config') and i + 1 < len(out):
+      out[i + 1] = resolve_config(out[i + 1])
+  return out
+
+
+def _config_hint() -> str:
+  return (f'pass a config file such as mmfusion/configs/seed.py, or the name '
+          f'of a packaged one ({", ".join(packaged_configs())})')
 
 
 def tune_malloc() -> bool:
   """Applies --tune_malloc; call before JAX starts its threads."""
   from mmfusion.runtime import malloc  # pylint: disable=g-import-not-at-top
-  return malloc.tune_malloc() if TUNE_MALLOC.value else False
+  wanted = TUNE_MALLOC.value
+  if wanted is None:
+    wanted = malloc.runs_on_cpu()
+  return malloc.tune_malloc() if wanted else False
 
 
 def use_compilation_cache():
@@ -47,15 +114,26 @@ def use_compilation_cache():
     jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE.value)
 
 
+def start_distributed():
+  """Joins the multi-host run that the flags describe (nothing for one
+  process); call after `tune_malloc`, before anything uses a JAX device."""
+  from mmfusion import sharding  # pylint: disable=g-import-not-at-top
+  from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
+  try:
+    sharding.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
+                                    PROCESS_ID.value, DISTRIBUTED_AUTO.value)
+  except errors.UserError as e:
+    fail(str(e))
+
+
 def parse_flags(argv):
   """absl flag parsing, with bad flags told in one sentence, no traceback."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_resolve_config_args(argv))
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if '--config' in lines[0] and len(lines) > 1:  # config file did not load
-      fail(f'cannot load the --config file: {lines[-1]}; pass the path of a '
-           f'config file such as mmfusion/configs/seed.py.')
+      fail(f'cannot load the --config file: {lines[-1]}; {_config_hint()}.')
     fail(f'{lines[0].rstrip(".")}; see --helpfull for the flags.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     key = re.findall(r"'([^'\\]+)", str(e))
@@ -79,6 +157,5 @@ def config():
     value.get('seed')  # A config file that failed to load raises here.
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    fail(f'cannot load the --config file ({reason}); pass the path of a '
-         f'config file such as mmfusion/configs/seed.py.')
+    fail(f'cannot load the --config file ({reason}); {_config_hint()}.')
   return value
