@@ -67,7 +67,7 @@ reports: $(VENV)/.reports
 	  --sweep=model.early_encoder.features=64,512 \
 	  --workdir=$(REPORTS)/synthetic_synergy/checks/early_width
 	$(ABLATE) $(SEED):synergy $(DATA) --config.model.fusion=bottleneck \
-	  "--sweep=model.fusion_kwargs={},{'fusion_layer': 0}" \
+	  "--sweep=model.fusion_kwargs={'fusion_layer': 1},{'fusion_layer': 0}" \
 	  --workdir=$(REPORTS)/synthetic_synergy/checks/bottleneck
 	$(ABLATE) --config=mmfusion/configs/av_digits.py:noisy $(DATA) \
 	  --config.total_steps=500 --config.eval_every=250 \

@@ -184,4 +184,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
+  flags.declare_key_flag('config')
   app.run(main, flags_parser=cli.parse_flags)
