@@ -73,3 +73,20 @@ def evaluate(fn, params, source, config, mesh, *,
         r.update({f'{k}/{"+".join(kept)}': v for k, v in m.items()
                   if k != 'examples'})
   return results
+
+
+def predictions(fn, params, source, config, mesh) -> np.ndarray:
+  """Class probabilities [K, N, C] of every example of `source`, in its order,
+  as `evaluate` scores them: the softmax of `fn`'s logits (a jitted
+  `eval_fn`), padding dropped. What a loaded model's `predict` must match."""
+  outs = []
+  per_process = config.batch_size // jax.process_count()
+  for local in pipeline.eval_batches(
+      source, batch_size=per_process, modalities=config.data.modalities,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    out = fn(params, sharding.to_global(local, mesh))
+    outs.append(multihost_utils.process_allgather(out, tiled=True))
+  logits_KxNxC = np.concatenate([o['logits'] for o in outs], axis=1)
+  valid_N = np.concatenate([o['valid'] for o in outs]).astype(bool)
+  log_probs = metrics.log_softmax(logits_KxNxC[:, valid_N].astype(np.float64))
+  return np.exp(log_probs).astype(np.float32)

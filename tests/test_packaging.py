@@ -8,6 +8,7 @@ import tomllib
 
 import setuptools
 
+from mmfusion import configs
 from mmfusion.runtime import cli
 from tests.helpers import ROOT
 
@@ -22,12 +23,12 @@ def test_only_mmfusion_is_packaged_with_its_configs():
 
 def test_config_names_resolve_to_the_packaged_files(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # no mmfusion/configs/ here
-  seed = os.path.join(cli.CONFIGS_DIR, 'seed.py')
-  assert {'seed', 'av_digits'} <= set(cli.packaged_configs())
+  seed = os.path.join(configs.DIR, 'seed.py')
+  assert {'seed', 'av_digits'} <= set(configs.names())
   assert cli.resolve_config('seed') == seed
   assert cli.resolve_config('seed:a,runlocal') == f'{seed}:a,runlocal'
   assert cli.resolve_config('av_digits.py:audio') == os.path.join(
-      cli.CONFIGS_DIR, 'av_digits.py:audio')
+      configs.DIR, 'av_digits.py:audio')
   assert cli.resolve_config('mmfusion/configs/seed.py:x') == f'{seed}:x'
   for other in ('nope:x', 'common', 'other/seed.py', '', ':x'):
     assert cli.resolve_config(other) == other

@@ -118,6 +118,31 @@ def _netpbm(path):
   return x.reshape(h, w, channels)
 
 
+def as_pixels(x) -> np.ndarray:
+  """uint8 pixels of integers in 0..255 or floats in [0, 1] (as a .npy image
+  holds them); MediaError for anything else."""
+  x = np.asarray(x)
+  if np.issubdtype(x.dtype, np.floating):
+    if x.size and not 0 <= np.nanmin(x) <= np.nanmax(x) <= 1:
+      raise MediaError('float pixels must lie in [0, 1]')
+    x = np.rint(x * 255)
+  elif not np.issubdtype(x.dtype, np.integer) or x.size and (
+      x.min() < 0 or x.max() > 255):
+    raise MediaError(f'{x.dtype} pixels are not uint8 values')
+  return x.astype(np.uint8)
+
+
+def image_from_array(x, shape) -> np.ndarray:
+  """uint8 [H, W, C] of an in-memory image, read as a .npy file would be:
+  MediaError unless it has exactly `shape` ([H, W] counts as C = 1)."""
+  x = as_pixels(x)
+  if x.ndim == 2:
+    x = x[..., None]
+  if x.shape != tuple(shape):
+    raise MediaError(f'shape {list(x.shape)} is not {list(shape)}')
+  return x
+
+
 def read_image(path, shape) -> np.ndarray:
   """uint8 [H, W, C] from .npy, .pgm/.ppm/.pnm or (with Pillow) other formats;
   MediaError unless it has exactly `shape` ([H, W] counts as C = 1)."""
@@ -126,15 +151,7 @@ def read_image(path, shape) -> np.ndarray:
   ext = os.path.splitext(path)[1].lower()
   try:
     if ext == '.npy':
-      x = np.load(path, allow_pickle=False)
-      if np.issubdtype(x.dtype, np.floating):
-        if x.size and not 0 <= np.nanmin(x) <= np.nanmax(x) <= 1:
-          raise MediaError('float pixels must lie in [0, 1]')
-        x = np.rint(x * 255)
-      elif not np.issubdtype(x.dtype, np.integer) or x.size and (
-          x.min() < 0 or x.max() > 255):
-        raise MediaError(f'{x.dtype} pixels are not uint8 values')
-      x = x.astype(np.uint8)
+      x = as_pixels(np.load(path, allow_pickle=False))
     elif ext in ('.pgm', '.ppm', '.pnm'):
       x = _netpbm(path)
     else:
@@ -197,13 +214,19 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
     raise MediaError(f'unreadable ({e})') from None
   if rate != sample_rate:
     x = speech.resample([x], rate, sample_rate)[0]
+  return fit_length(x, samples)
+
+
+def fit_length(wave_S, samples: int) -> np.ndarray:
+  """float32 [samples]: `wave_S` cut, or zero-padded at the end."""
   out = np.zeros(samples, np.float32)
-  out[:min(len(x), samples)] = x[:samples]
+  out[:min(len(wave_S), samples)] = wave_S[:samples]
   return out
 
 
-def read_rows(path: str):
-  """(columns, [(line number, {column: value})]) of a CSV or JSONL manifest."""
+def read_rows(path: str, require_label: bool = True):
+  """(columns, [(line number, {column: value})]) of a CSV or JSONL manifest;
+  rows to predict on (`require_label=False`) need no label column."""
   if not path:
     raise errors.UserError(
         "the manifest builder needs a file; set data.overrides={'path': "
@@ -232,7 +255,7 @@ def read_rows(path: str):
       columns = list(reader.fieldnames or [])
       for row in reader:
         rows.append((reader.line_num, row))
-  if 'label' not in columns:
+  if require_label and 'label' not in columns:
     raise errors.UserError(f'the manifest {path!r} has no label column; add '
                            f'one (columns found: {", ".join(columns)}).')
   return columns, rows

@@ -118,9 +118,11 @@ def _to_batch(examples, modalities):
   """Stacked dict of one batch in the batch contract."""
   batch = {m: np.stack([ex[m] for ex in examples]) for m in modalities}
   batch['label'] = np.asarray([ex['label'] for ex in examples], np.int32)
-  for m in modalities:  # datasets with gaps (manifest) say what is there
+  # Datasets with gaps (manifest) say what is there; numbers always are.
+  for m in modalities:
     batch[f'present/{m}'] = np.asarray(
-        [ex['present'][m] if 'present' in ex else True for ex in examples],
+        [ex['present'].get(m, True) if 'present' in ex else True
+         for ex in examples],
         np.bool_)
   return batch
 

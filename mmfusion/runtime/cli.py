@@ -16,6 +16,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from mmfusion import configs
+
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: a file, e.g. mmfusion/configs/seed.py'
     ':synergy, or the name of one that ships in the package, e.g. '
@@ -54,16 +56,6 @@ RUN_FLAGS = ('config', 'workdir', 'compilation_cache', 'tune_malloc')
 MULTIHOST_FLAGS = ('coordinator_address', 'num_processes', 'process_id',
                    'distributed_auto')
 
-CONFIGS_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-
-
-def packaged_configs() -> list[str]:
-  """Names of the config files in mmfusion/configs (seed, av_digits, ...)."""
-  return sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith('.py')
-                and not f.startswith('_') and f != 'common.py')
-
-
 def resolve_config(value: str) -> str:
   """A --config value naming a packaged config (`seed[:ARG]`,
   `av_digits.py[:ARG]`, `mmfusion/configs/seed.py[:ARG]`) with no such file on
@@ -74,9 +66,9 @@ def resolve_config(value: str) -> str:
   folder, name = os.path.split(os.path.normpath(path))
   name = name.removesuffix('.py')
   if (folder not in ('', os.path.join('mmfusion', 'configs'))
-      or name not in packaged_configs()):
+      or name not in configs.names()):
     return value
-  return os.path.join(CONFIGS_DIR, f'{name}.py') + sep + arg
+  return os.path.join(configs.DIR, f'{name}.py') + sep + arg
 
 
 def _resolve_config_args(argv):
@@ -95,7 +87,7 @@ def _resolve_config_args(argv):
 
 def _config_hint() -> str:
   return (f'pass a config file such as mmfusion/configs/seed.py, or the name '
-          f'of a packaged one ({", ".join(packaged_configs())})')
+          f'of a packaged one ({", ".join(configs.names())})')
 
 
 def tune_malloc() -> bool:

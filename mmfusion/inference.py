@@ -1,0 +1,463 @@
+"""A trained model for inference: `load(workdir)` -> `Model`.
+
+  model = mmfusion.load(workdir)  # the best checkpoint
+  out = model.predict([{'image': 'cat.npy', 'text': 'a cat', 'age': 3},
+                       {'audio': 'meow.wav'}])
+  out.labels, out.probabilities, out.embeddings['fused']
+
+An example is a dict with one entry per modality it has, given raw, as the
+`manifest` builder reads it: `image` a file path (.npy, .pgm/.ppm, .png ...)
+or an array (uint8, or float in [0, 1]; [H, W] or [H, W, C]); `audio` a
+.wav/.flac/.npy path or a float waveform at the training sample rate (cut or
+zero-padded); `text` a string (byte tokens) or token ids; `tabular` an array,
+or the manifest's number columns by name (`'age': 20`); any other modality an
+array of its training shape. A modality the example leaves out (or gives as
+None or '') is absent (`present/<m>` False), as in training. `id`, `label`
+and `split` are ignored, and any other key is an error.
+
+Preprocessing is the dataset's (`data_info.json`, written by training), so a
+raw example becomes exactly the arrays evaluation fed the model. A vmapped
+run (config.vmap.size = K > 1) loads all members by default and predicts the
+mean of their probabilities; `member=k` picks one. The model runs on one
+device with the kernels that the saved `model.kernels` resolves to here,
+jitted, in padded batches of at most `config.batch_size`.
+
+Shape legend: N examples, B batch, C classes, D width, K members.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmfusion import build
+from mmfusion import checkpoint as checkpoint_lib
+from mmfusion.data import info as info_lib
+from mmfusion.data import manifest
+from mmfusion.data import tokenizer
+from mmfusion.runtime import errors
+
+IGNORED = ('id', 'label', 'split')  # keys of a manifest row that are no input
+
+
+# -------------------------------------------------------------- Workdir ---
+def _steps(workdir: str, subdir: str) -> list[int]:
+  """Saved steps under `workdir/subdir`, without creating the folder."""
+  if not os.path.isdir(os.path.join(workdir, subdir)):
+    return []
+  ckpt = checkpoint_lib.Checkpointer(workdir, subdir=subdir)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def locate(workdir: str, checkpoint='best') -> tuple[str, int]:
+  """(subdir, step) of `checkpoint` in `workdir`: 'best' (best/, the best
+  validation step), 'latest' (checkpoints/) or a step number (either)."""
+  if not os.path.isdir(workdir):
+    raise errors.UserError(f'there is no workdir {workdir!r}; pass the '
+                           f'--workdir of a trained run.')
+  saved = _steps(workdir, 'checkpoints')
+  best = _steps(workdir, 'best')
+  if not saved and not best:
+    raise errors.UserError(
+        f'the workdir {workdir!r} holds no checkpoint; train it first '
+        f'(python -m mmfusion.main --workdir={workdir} --config=...).')
+  listed = ', '.join(map(str, sorted(set(saved) | set(best))))
+  if checkpoint == 'best':
+    if not best:
+      raise errors.UserError(
+          f'the workdir {workdir!r} has no best checkpoint yet (it is kept '
+          f'at validation); pass checkpoint latest or a step ({listed}).')
+    return 'best', best[-1]
+  if checkpoint == 'latest':
+    if not saved:
+      return 'best', best[-1]
+    return 'checkpoints', saved[-1]
+  try:
+    step = int(checkpoint)
+  except (TypeError, ValueError):
+    raise errors.UserError(
+        f'checkpoint {checkpoint!r} is not best, latest or a step number; '
+        f'pass one of those.') from None
+  if step in saved:
+    return 'checkpoints', step
+  if step in best:
+    return 'best', step
+  raise errors.UserError(
+      f'the workdir {workdir!r} has no checkpoint of step {step}; its steps '
+      f'are {listed} (or pass best or latest).')
+
+
+def _tuples(tree):
+  """Lists (JSON's tuples) back to tuples, as the config files write them."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def saved_config(workdir: str, subdir: str, step: int,
+                 kernels: str | None = None) -> ml_collections.ConfigDict:
+  """The config the checkpoint was saved with, ready for `build.run` on one
+  device; `kernels` replaces its `model.kernels` when given."""
+  ckpt = checkpoint_lib.Checkpointer(workdir, subdir=subdir)
+  try:
+    config = ml_collections.ConfigDict(_tuples(ckpt.saved_config(step)))
+  finally:
+    ckpt.close()
+  config.num_devices = 1  # inference runs on one device, whatever trained
+  if kernels is not None:
+    config.model.kernels = kernels
+  return config
+
+
+def _data_info(workdir: str) -> info_lib.DataInfo | None:
+  """The saved DataInfo; None (the dataset is opened) if training wrote none."""
+  if os.path.exists(os.path.join(workdir, info_lib.FILE)):
+    return info_lib.DataInfo.read(workdir)
+  return None
+
+
+def _restore_params(workdir: str, subdir: str, step: int, run):
+  """Every member's parameters ([K, ...] leaves) on the first local device."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+      run.abstract_state())
+  ckpt = checkpoint_lib.Checkpointer(workdir, subdir=subdir)
+  try:
+    state, _ = ckpt.restore(step, abstract)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise errors.UserError(
+        f'cannot read step {step} in {ckpt.directory} ({reason}); pass '
+        f'another checkpoint.') from None
+  finally:
+    ckpt.close()
+  return run.members.params(state.params)
+
+
+# --------------------------------------------------------- Raw examples ---
+class BadExample(Exception):
+  """Problems of one example, as short phrases."""
+
+
+def _empty(value) -> bool:
+  return value is None or isinstance(value, str) and not value.strip()
+
+
+def _path(text: str, root: str) -> str:
+  path = os.path.expanduser(text.strip())
+  return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def _columns(data: info_lib.DataInfo) -> list[str]:
+  """The manifest number columns that make up `tabular`, if any."""
+  return list(data.preprocessing.get('tabular', {}).get('columns') or [])
+
+
+def unknown_keys(data: info_lib.DataInfo, keys) -> list[str]:
+  """The keys (columns) of `keys` that are no input of the model."""
+  known = set(data.modalities) | set(_columns(data)) | set(IGNORED)
+  return [k for k in keys if k not in known]
+
+
+def inputs(data: info_lib.DataInfo) -> str:
+  """What an example may have, for error messages: 'image, text, age'."""
+  return ', '.join(list(data.modalities) + _columns(data))
+
+
+def _numbers(example, columns) -> np.ndarray | None:
+  """float32 [F] of the number columns; None when all are left out."""
+  cells = [example.get(k) for k in columns]
+  if all(_empty(c) for c in cells):
+    return None
+  values, problems = [], []
+  for k, cell in zip(columns, cells):
+    try:
+      values.append(float(str(cell).strip()))
+      if not math.isfinite(values[-1]):
+        raise ValueError
+    except ValueError:
+      problems.append(f'{k} {"" if cell is None else str(cell)!r} is not a '
+                      f'finite number')
+  if problems:
+    raise BadExample('; '.join(problems))
+  return np.asarray(values, np.float32)
+
+
+def _cast(x: np.ndarray, shape, dtype) -> np.ndarray:
+  """`x` as `dtype`, if it has exactly `shape` and a numeric kind that fits."""
+  if x.shape != tuple(shape):
+    raise BadExample(f'shape {list(x.shape)} is not {list(shape)}')
+  fits = x.dtype.kind in 'biu' or x.dtype.kind == dtype.kind == 'f'
+  if x.dtype.kind not in 'biuf' or dtype.kind in 'biu' and not fits:
+    raise BadExample(f'{x.dtype} values are not {dtype}')
+  return x.astype(dtype)
+
+
+def _input(value, shape, dtype, how: dict, root: str) -> np.ndarray:
+  """One modality's array from its raw value, as the builders make it.
+
+  `how` is the dataset's preprocessing of the modality; uint8 [H, W, C]
+  inputs are images.
+  """
+  is_image = len(shape) == 3 and dtype == np.uint8
+  if isinstance(value, str):
+    if how.get('tokenizer') == 'bytes':
+      return tokenizer.ByteTokenizer().encode(value.strip(), shape[0])[0]
+    if 'sample_rate' in how:
+      return manifest.read_audio(_path(value, root), how['sample_rate'],
+                                 shape[0])
+    if is_image:
+      return manifest.read_image(_path(value, root), shape)
+    raise BadExample(f'is text, but the model takes {dtype}{list(shape)}')
+  x = np.asarray(value)
+  if 'sample_rate' in how:
+    if x.ndim != 1 or x.dtype.kind not in 'biuf':
+      raise BadExample(f'a waveform must be 1-D numbers, not {x.dtype}'
+                       f'{list(x.shape)}')
+    return manifest.fit_length(x.astype(np.float32), shape[0])
+  if is_image:
+    return manifest.image_from_array(x, shape)
+  return _cast(x, shape, dtype)
+
+
+def _shown(value) -> str:
+  return f'{value!r}' if isinstance(value, (str, int, float)) else (
+      '(array)')
+
+
+def preprocess(data: info_lib.DataInfo, example: Mapping,
+               root: str = '') -> dict:
+  """One raw example -> {modality: array, 'present/<m>': bool}; BadExample
+  lists every problem. Relative paths are taken from `root`."""
+  if not isinstance(example, Mapping):
+    raise BadExample(f'not a dict of inputs but a {type(example).__name__}')
+  problems = [f'{k!r} is not an input of the model (it takes '
+              f'{inputs(data)})' for k in unknown_keys(data, example)]
+  out = {}
+  for m in data.modalities:
+    shape, dtype = tuple(data.inputs[m][0]), np.dtype(data.inputs[m][1])
+    value = example.get(m)
+    out[m], out[f'present/{m}'] = np.zeros(shape, dtype), np.False_
+    try:
+      if m == 'tabular' and _columns(data) and m not in example:
+        value = _numbers(example, _columns(data))
+      if _empty(value):
+        continue
+      out[m] = _input(value, shape, dtype, data.preprocessing.get(m, {}),
+                      root)
+      out[f'present/{m}'] = np.True_
+    except BadExample as e:
+      problems.append(str(e) if m == 'tabular' and m not in example else
+                      f'{m} {_shown(value)}: {e}')
+    except manifest.MediaError as e:
+      problems.append(f'{m} {_shown(value)}: {e}')
+  if problems:
+    raise BadExample('; '.join(problems))
+  return out
+
+
+def collate(examples: list[dict]) -> dict:
+  """Preprocessed examples -> one batch dict of stacked arrays."""
+  return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+
+
+def preprocess_all(data: info_lib.DataInfo, examples, root: str = '') -> dict:
+  """A batch of raw `examples`; one UserError names every bad one."""
+  good, bad = [], []
+  for i, example in enumerate(examples):
+    try:
+      good.append(preprocess(data, example, root))
+    except BadExample as e:
+      bad.append(f'example {i} ({e})')
+  if bad:
+    raise errors.UserError(
+        f'{len(bad)} of the {len(bad) + len(good)} examples cannot be read: '
+        f'{"; ".join(bad)}; fix them (see mmfusion.inference for the input '
+        f'format).')
+  if not good:
+    raise errors.UserError('there are no examples to predict; pass a list of '
+                           'dicts, one per example.')
+  return collate(good)
+
+
+# ---------------------------------------------------------------- Model ---
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """Outputs for N examples, in the order they were given."""
+  classes: tuple[str, ...]
+  probabilities: np.ndarray  # [N, C]; the members' mean for an ensemble
+  # 'fused' (absent for late fusion) and each modality: [N, D], or [N, K, D]
+  # for an ensemble (each member's own embedding).
+  embeddings: dict
+  ids: list
+
+  @property
+  def predicted(self) -> np.ndarray:
+    """[N] class ids of the most probable class."""
+    return self.probabilities.argmax(-1)
+
+  @property
+  def labels(self) -> list[str]:
+    """The predicted class names."""
+    return [self.classes[i] for i in self.predicted]
+
+  def rows(self) -> list[dict]:
+    """One JSON-ready {'id', 'prediction', 'probabilities'} per example."""
+    return [{'id': i.item() if isinstance(i, np.generic) else i,
+             'prediction': label,
+             'probabilities': dict(zip(self.classes, map(float, p_C)))}
+            for i, label, p_C in zip(self.ids, self.labels,
+                                     self.probabilities)]
+
+
+def forward(module, params, batch, *, ensemble: bool) -> dict:
+  """Probabilities [B, C] and embeddings of one batch: a pure function of
+  the parameters ([K, ...] leaves when `ensemble`), jitted or exported."""
+  def one(p):
+    logits_BxC, aux = module.apply({'params': p}, batch, train=False)
+    out = {'probabilities': jax.nn.softmax(logits_BxC.astype(jnp.float32))}
+    out.update({k: v for k, v in aux.items() if k.startswith('embedding/')})
+    return out
+  if not ensemble:
+    return one(params)
+  out = jax.vmap(one)(params)
+  probs_BxC = out.pop('probabilities').mean(0)
+  return {'probabilities': probs_BxC,
+          **{k: jnp.moveaxis(v, 0, 1) for k, v in out.items()}}  # [B, K, D]
+
+
+def _bucket(n: int, limit: int) -> int:
+  """The padded batch of n examples: a power of two up to `limit`, so a few
+  compiled sizes serve any n."""
+  return min(limit, 1 << max(n - 1, 0).bit_length())
+
+
+class Model:
+  """A trained model: its config, module, parameters and preprocessing.
+
+  `config` is the saved experiment, `module` the flax MultimodalModel,
+  `params` its parameters (with a leading member axis [K, ...] when
+  `ensemble`), `data` the dataset's DataInfo (classes, input shapes,
+  preprocessing), `step` and `member` what was loaded, `batch_size` the
+  most examples it runs at once (config.batch_size; may be changed).
+  """
+
+  def __init__(self, config, module, params, data, *, step: int,
+               member: int | None, ensemble: bool):
+    self.config, self.module, self.params, self.data = (config, module,
+                                                        params, data)
+    self.step, self.member, self.ensemble = step, member, ensemble
+    self.classes = tuple(data.classes)
+    self.batch_size = int(config.batch_size)
+    self._apply = jax.jit(self.forward)
+
+  def forward(self, params, batch) -> dict:
+    """`forward` of this model: outputs of one batch in the batch contract."""
+    return forward(self.module, params, batch, ensemble=self.ensemble)
+
+  def input_spec(self, batch_size: int) -> dict:
+    """{key: (shape, dtype)} of the batches `apply_batch` runs: each modality
+    and `present/<m>` (a `label` is not needed)."""
+    spec = self.data.batch_spec(batch_size)
+    spec.pop('label')
+    return spec
+
+  def _checked(self, batch: Mapping) -> dict:
+    """`batch` as numpy arrays of the model's inputs, `present/<m>` True
+    where it is not given; one sentence for a batch that does not fit."""
+    spec = self.input_spec(1)
+    extra = sorted(set(batch) - set(spec) - {'label', 'valid', 'id'})
+    missing = [m for m in self.data.modalities if m not in batch]
+    if extra or missing:
+      has = (f'has {", ".join(extra)}' if extra else
+             f'has no {", ".join(missing)}')
+      raise errors.UserError(
+          f'the batch {has}, but the model takes '
+          f'{", ".join(self.data.modalities)} and present/<m>; pass exactly '
+          f'those keys (and label, valid or id if you like).')
+    n = len(batch[self.data.modalities[0]])
+    out = {}
+    for key, (shape, dtype) in spec.items():
+      x = np.asarray(batch.get(key, np.ones(n, np.bool_)))
+      if x.shape != (n,) + shape[1:] or not np.can_cast(x.dtype, dtype,
+                                                         'same_kind'):
+        raise errors.UserError(
+            f'batch {key!r} is {x.dtype}{list(x.shape)} but the model takes '
+            f'{dtype}{["B", *shape[1:]]}; fix that array.')
+      out[key] = x.astype(dtype)
+    return out
+
+  def apply_batch(self, batch: Mapping) -> dict:
+    """Outputs (numpy) for a batch in the pipeline's contract, of any size:
+    `probabilities` [B, C] and `embedding/<m>`, `embedding/fused` ([B, D],
+    or [B, K, D] for an ensemble). Runs in padded batches."""
+    batch = self._checked(batch)
+    n = len(batch[f'present/{self.data.modalities[0]}'])
+    if n == 0:
+      raise errors.UserError('the batch is empty; pass at least one example.')
+    size = _bucket(n, self.batch_size)
+    outs = []
+    for start in range(0, n, size):
+      chunk = {k: v[start:start + size] for k, v in batch.items()}
+      real = len(chunk['present/' + self.data.modalities[0]])
+      chunk = {k: np.concatenate([v, np.repeat(v[-1:], size - real, 0)])
+               for k, v in chunk.items()}  # padded with its last example
+      out = jax.device_get(self._apply(self.params, chunk))
+      outs.append({k: np.asarray(v)[:real] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  def predictions(self, outputs: dict, ids) -> Predictions:
+    """`apply_batch`'s outputs as Predictions of the examples `ids`."""
+    return Predictions(
+        classes=self.classes, probabilities=outputs['probabilities'],
+        embeddings={k.split('/', 1)[1]: v for k, v in outputs.items()
+                    if k.startswith('embedding/')}, ids=list(ids))
+
+  def predict(self, examples, *, root: str = '') -> Predictions:
+    """Class probabilities and embeddings of raw `examples` (a list of dicts,
+    see the module docstring); relative paths are taken from `root`."""
+    if isinstance(examples, Mapping):
+      raise errors.UserError(
+          'predict takes a list of examples (dicts), not one dict; wrap it '
+          'in a list, or pass batched arrays to apply_batch.')
+    examples = list(examples)
+    batch = preprocess_all(self.data, examples, root)
+    ids = [ex.get('id', i) for i, ex in enumerate(examples)]
+    return self.predictions(self.apply_batch(batch), ids)
+
+
+def load(workdir: str, checkpoint='best', member: int | None = None, *,
+         kernels: str | None = None) -> Model:
+  """The model of `workdir` at `checkpoint` ('best', 'latest' or a step).
+
+  `member`: one member k of a vmapped run; None gives every member, and
+  `predict` their mean probabilities (a run of one member: that member).
+  `kernels` ('flax', 'xla_cpu', 'auto') replaces the saved `model.kernels`.
+  """
+  subdir, step = locate(workdir, checkpoint)
+  config = saved_config(workdir, subdir, step, kernels)
+  run = build.run(config, data=_data_info(workdir))
+  size = run.members.size
+  if member is not None and not 0 <= member < size:
+    raise errors.UserError(
+        f'member={member} is not a member of the run in {workdir!r}, which '
+        f'has {size} (config.vmap.size); pass 0 .. {size - 1}, or none for '
+        f'the mean of all.')
+  params_K = _restore_params(workdir, subdir, step, run)
+  ensemble = member is None and size > 1
+  params = params_K if ensemble else jax.tree.map(
+      lambda x: x[member or 0], params_K)
+  return Model(config, run.model, params, run.data, step=step, member=member,
+               ensemble=ensemble)
+
