@@ -74,6 +74,20 @@ reports: $(VENV)/.reports
 	  --config.checkpoint_every=250 --sweep=model.fusion=$(FUSIONS) \
 	  --workdir=$(REPORTS)/av_digits_noisy \
 	  --notes=$(REPORTS)/av_digits_noisy/notes.md
+	for m in image audio text; do \
+	  $(ABLATE) --config=mmfusion/configs/av_digits.py:noisy,modalities=$$m \
+	    $(DATA) --config.total_steps=500 --config.eval_every=250 \
+	    --config.checkpoint_every=250 --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/av_digits_noisy/baselines/$$m || exit 1; \
+	done
+	$(ABLATE) --config=mmfusion/configs/av_digits.py:video $(DATA) --seeds=1 \
+	  --sweep=model.fusion=concat,cross_attention \
+	  --workdir=$(REPORTS)/av_digits_video
+	for m in video audio; do \
+	  $(ABLATE) --config=mmfusion/configs/av_digits.py:variant=video,modalities=$$m \
+	    $(DATA) --seeds=1 --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/av_digits_video/baselines/$$m || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) workdirs

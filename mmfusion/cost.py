@@ -20,7 +20,6 @@ from absl import app, flags, logging
 
 from mmfusion import build, fusion, train
 from mmfusion.runtime import cli, errors
-from mmfusion.data import pipeline
 
 _ALL = flags.DEFINE_bool(
     'all_fusions', False, 'Print one row per registered fusion method.')

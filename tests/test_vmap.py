@@ -1,7 +1,6 @@
 """K runs in one compiled program: each member trains like its own run."""
 
 import json
-import os
 
 import numpy as np
 

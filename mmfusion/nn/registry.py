@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import flax.linen as nn
 from flax.core import frozen_dict
 
 from mmfusion.runtime import errors
