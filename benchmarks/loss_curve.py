@@ -1,13 +1,13 @@
-r"""The same training run with flax's layers and with `mmfusion.conv`'s.
+r"""The same training run with each kernel set (`model.kernels`).
 
   python -m benchmarks.loss_curve --config=mmfusion/configs/av_digits.py \
-      --config.total_steps=300 --config.data.data_dir=DIR [--swaps=conv,pool,norm]
+      --config.total_steps=300 --config.data.data_dir=DIR \
+      [--kernel_sets=flax,xla_cpu]
 
-Runs `train.train_and_evaluate` twice in fresh workdirs, once under
-`fast_layers.flax_layers(--swaps)` and once with the encoders as they are
-(mmfusion.conv), and prints
-the training loss at every logged step of both, their largest difference, the
-validation accuracy and each run's wall time. The swapped layers compute the
+Runs `train.train_and_evaluate` once per kernel set in fresh workdirs, with
+`config.model.kernels` set to it, and prints the training loss of the first
+two at every logged step (as window means), their largest difference, the
+validation accuracy and each run's wall time. The kernel sets compute the
 same function, so the curves should agree to float rounding.
 """
 
@@ -20,14 +20,16 @@ from absl import app, flags, logging
 
 from mmfusion.runtime import cli
 
-_SWAPS = flags.DEFINE_list('swaps', ['conv', 'pool', 'norm'],
-                           "Layers the first run takes from flax.")
+_KERNEL_SETS = flags.DEFINE_list(
+    'kernel_sets', ['flax', 'xla_cpu'],
+    'Two values of config.model.kernels to train with (mmfusion/nn/kernels).')
 
 
-def _train(config, swaps) -> tuple[list, dict, float]:
-  from benchmarks import fast_layers  # pylint: disable=g-import-not-at-top
+def _train(config, kernel_set: str) -> tuple[list, dict, float]:
   from mmfusion import train  # pylint: disable=g-import-not-at-top
-  with tempfile.TemporaryDirectory() as workdir, fast_layers.flax_layers(swaps):
+  config = config.copy_and_resolve_references()
+  config.model.kernels = kernel_set
+  with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
     summary = train.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - t0
@@ -40,16 +42,20 @@ def _train(config, swaps) -> tuple[list, dict, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if len(_KERNEL_SETS.value) != 2:
+    raise app.UsageError(f'--kernel_sets={",".join(_KERNEL_SETS.value)}: '
+                         'pass two, e.g. flax,xla_cpu.')
   cli.tune_malloc()
   logging.set_verbosity(logging.ERROR)
   config = cli.config()
-  before, summary0, s0 = _train(config, tuple(_SWAPS.value))
-  after, summary1, s1 = _train(config, ())
+  name0, name1 = _KERNEL_SETS.value
+  before, summary0, s0 = _train(config, name0)
+  after, summary1, s1 = _train(config, name1)
   # Float rounding differences grow chaotically over many steps, so the
   # curves are compared step by step early on and as window means later.
   window = max(1, len(before) // 10)
-  print(f'\n| steps | mean loss (flax {"+".join(_SWAPS.value)}) | mean loss '
-        '(mmfusion.conv) | largest step difference |')
+  print(f'\n| steps | mean loss ({name0}) | mean loss ({name1}) | largest '
+        'step difference |')
   print('|---|---|---|---|')
   for i in range(0, len(before), window):
     a = [l for _, l in before[i:i + window]]

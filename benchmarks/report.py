@@ -98,9 +98,12 @@ def markdown(rows, fusion_rows, pipes, vmaps, info) -> str:
       f'peers and its times (so the ratio) flatter mmfusion',
       f'- mmfusion: `train.train_step` jitted with the state donated, as the '
       f'training loop runs it; compile = trace + lower + XLA compile, no '
-      f'persistent cache; peak MB = arguments + outputs + temporaries - donated '
-      f'(XLA memory analysis); glibc heap tuning (mmfusion/malloc.py, --tune_malloc): '
-      f'{info["malloc"]}',
+      f'persistent cache; peak MB = arguments + outputs + temporaries - '
+      f'donated (XLA memory analysis); glibc heap tuning '
+      f'(mmfusion/runtime/malloc.py, --tune_malloc): {info["malloc"]}; '
+      f'kernels: each config\'s `model.kernels=auto`, here '
+      f'{info["kernels"]} (mmfusion/nn/kernels), and `flax` (stock flax/JAX '
+      f'ops) in the "(flax kernels)" rows',
       '- PyTorch: the same model (benchmarks/torch_models.py: same layers and '
       'parameter counts per part, the GRU keeps 2 x 64 more biases; the same '
       'logits to 6e-6 with copied weights), eager, float32, AdamW(fused) '
@@ -128,6 +131,4 @@ def markdown(rows, fusion_rows, pipes, vmaps, info) -> str:
          'speedup vs K sequential'],
         [[v['name'], v['k'], f'{v["one_ms"]:.3g}', f'{v["vmap_ms"]:.3g}',
           f'{v["compile_s"]:.2f}', f'{v["speedup"]:.2f}x'] for v in vmaps]), '']
-  elif info.get('vmap_note'):
-    parts += [info['vmap_note'], '']
   return '\n'.join(parts)

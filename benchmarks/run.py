@@ -1,17 +1,19 @@
 r"""mmfusion's train step against the same models in PyTorch eager, side by side.
 
   python -m benchmarks.run [--models=seed,av,transformer] [--fusions=all] \
-      [--steps=30] [--out=benchmarks/RESULTS.md]
+      [--steps=30] [--flax_rows] [--out=benchmarks/RESULTS.md]
 
 For every model (`specs.MODELS`; the seed model once per fusion method with
 --fusions): compile seconds, FLOPs and peak memory of one jitted
 `train.train_step`, then the median step time over --steps timed steps after
 --warmup, alternating in --rounds blocks with the PyTorch port of the same
 model (when torch is installed and the model has a port), so that both see the
-same machine load. Then each model's input pipeline rate against its step's
-demand, and K vmapped seeds against K sequential runs. Writes one Markdown
-file with the machine, the versions and this exact command. Runs on any JAX
-backend; the PyTorch side runs on CPU.
+same machine load; with --flax_rows each model built from `model.kernels`
+again with `config.model.kernels=flax` (stock flax/JAX ops) beside its
+config's own ('auto': xla_cpu on CPU). Then each model's input pipeline rate
+against its step's demand, and K vmapped seeds against K sequential runs.
+Writes one Markdown file with the machine, the versions and this exact
+command. Runs on any JAX backend; the PyTorch side runs on CPU.
 
 With --isolate (the default) each timed row runs in a fresh process (`--row`)
 with its own PyTorch child: what a process ran before moves its later step
@@ -49,10 +51,10 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, "0: each config's own.")
 _TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch ports (if installed).')
 _TORCH_CHILD = flags.DEFINE_bool(
     'torch_process', True, 'Run PyTorch in a child process (False: in this one).')
-_FLAX = flags.DEFINE_list(
-    'flax_layers', [], "Also time each CNN model with flax's own layers in "
-    'place of these mmfusion.conv ones (conv, pool, norm): the A/B of the '
-    'switch.')
+_FLAX_ROWS = flags.DEFINE_bool(
+    'flax_rows', False, 'Also time each model with CNN or attention modules '
+    'with --config.model.kernels=flax (stock flax/JAX ops): the A/B of the '
+    "kernel switch against the config's own kernels.")
 _QUIET = flags.DEFINE_float(
     'quiet_wait', 30.0, 'Before each timed block, wait up to this many seconds '
     'for other processes to leave the CPU idle (Linux; 0: do not wait).')
@@ -69,8 +71,8 @@ _ISOLATE = flags.DEFINE_bool(
     'fresh PyTorch child); False: every row in this process.')
 _ROW = flags.DEFINE_string(
     'row', None, 'Time one row and print it as JSON, then exit (what '
-    '--isolate runs in each child): MODEL, MODEL/FUSION, either +flax (with '
-    "--flax_layers swapped in), or vmap:MODEL.")
+    '--isolate runs in each child): MODEL, MODEL/FUSION, either +flax '
+    '(with config.model.kernels=flax), or vmap:MODEL.')
 _REPEATS = flags.DEFINE_integer(
     'repeats', 1, 'Passes over all rows; each row reports the median of its '
     'repeats and the range of its mmfusion / PyTorch ratios.')
@@ -115,15 +117,13 @@ def median_ms(times):
   return 1e3 * sorted(times)[len(times) // 2] if times else None
 
 
-def time_model(spec, worker, steps, warmup, rounds, swaps=(),
+def time_model(spec, worker, steps, warmup, rounds,
                quiet: float = 0.0) -> dict:
   """One row: mmfusion and (where ported) PyTorch on the same batch."""
-  from benchmarks import fast_layers, jax_bench  # pylint: disable=g-import-not-at-top
-  with fast_layers.flax_layers(swaps):  # traced and compiled inside
-    runner = jax_bench.JaxRunner(spec)
-    runner.run(warmup)
-  row = {'name': spec.name + (' (flax ' + '+'.join(swaps) + ')' if swaps
-                              else ''),
+  from benchmarks import jax_bench  # pylint: disable=g-import-not-at-top
+  runner = jax_bench.JaxRunner(spec)
+  runner.run(warmup)
+  row = {'name': spec.name, 'kernels': runner.kernels,
          'batch': spec.batch_size, 'params': runner.num_params,
          'compile_s': runner.cost['compile_s'],
          'gflops': (runner.cost['flops'] or 0) / 1e9,
@@ -237,9 +237,10 @@ def measure(key: str, worker) -> dict:
                     _VMAP.value, _STEPS.value, _WARMUP.value, _QUIET.value)
   name, flax = (key[:-5], True) if key.endswith('+flax') else (key, False)
   model, _, fusion_name = name.partition('/')
-  spec = specs.get_spec(model, fusion_name or None, _BATCH.value)
+  spec = specs.get_spec(model, fusion_name or None, _BATCH.value,
+                        kernels='flax' if flax else None)
   return time_model(spec, worker, _STEPS.value, _WARMUP.value, _ROUNDS.value,
-                    tuple(_FLAX.value) if flax else (), _QUIET.value)
+                    _QUIET.value)
 
 
 def child_row(key: str) -> dict:
@@ -279,13 +280,11 @@ def main(argv):
   if _REPEATS.value < 1:
     raise app.UsageError(f'--repeats={_REPEATS.value}: pass 1 or more passes '
                          'over the rows.')
-  if _ROW.value and _ROW.value.endswith('+flax') and not _FLAX.value:
-    raise app.UsageError(f'--row={_ROW.value} swaps in flax layers: pass '
-                         'them with --flax_layers (e.g. conv,pool,norm).')
   tuned = cli.tune_malloc()  # before JAX starts; the PyTorch child too
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import specs  # pylint: disable=g-import-not-at-top
-  from mmfusion import fusion, train  # pylint: disable=g-import-not-at-top
+  from mmfusion import fusion  # pylint: disable=g-import-not-at-top
+  from mmfusion.nn import kernels  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # TFDS chatter
   jax.config.update('jax_enable_compilation_cache', False)  # time compiles
   if _ROW.value:  # a child of --isolate
@@ -314,15 +313,13 @@ def main(argv):
   # PyTorch's child 0.70 -> 0.90 ms): that would say more about the order.
   models = sorted(_MODELS.value, key=lambda name: name != 'seed')
   fusions = list(fusion.FUSIONS) if _FUSIONS.value == ['all'] else _FUSIONS.value
-  model_keys = {name: [name] + ([name + '+flax'] if _FLAX.value and
-                                specs.has_cnn(specs.get_spec(name)) else [])
+  model_keys = {name: [name] + ([name + '+flax'] if _FLAX_ROWS.value and
+                                specs.takes_kernels(specs.get_spec(name))
+                                else [])
                 for name in models}
   fusion_keys = [f'seed/{f}' for f in fusions]
-  vmap_keys, vmap_note = [], ''
-  if _VMAP.value > 1 and not hasattr(train, 'members'):
-    vmap_note = 'K vmapped seeds: not measured, this train.py has no config.vmap.'
-  elif _VMAP.value > 1:
-    vmap_keys = [f'vmap:{name}' for name in _VMAP_MODELS.value]
+  vmap_keys = ([f'vmap:{name}' for name in _VMAP_MODELS.value]
+               if _VMAP.value > 1 else [])
   keys = (model_keys.get('seed', []) + fusion_keys +
           [k for name in models if name != 'seed' for k in model_keys[name]] +
           vmap_keys)
@@ -363,7 +360,8 @@ def main(argv):
                   'rows: the numbers are the medians of its passes, the ratio '
                   'the median of the per-pass ratios with their range in '
                   'brackets' if _REPEATS.value > 1 else 'One pass over the rows'),
-      'malloc': 'on' if tuned else 'off', 'vmap_note': vmap_note}
+      'malloc': 'on' if tuned else 'off',
+      'kernels': kernels.resolve('auto').name}
   text = report.markdown(rows, fusion_rows, pipes, vmaps, info)
   if cli.NOTES.value:
     with open(cli.NOTES.value) as f:

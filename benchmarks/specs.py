@@ -6,9 +6,11 @@
                `audio_cnn`, GRU text, `concat`, MLP head.
   transformer  `av` with the MBT `bottleneck` Transformer fusion.
 
-Shapes and dtypes come from each dataset's feature spec (no data is built or
-read). The batch is random and fixed, so a timed step is compute only; the
-input pipeline is timed on its own (`run.pipeline_rate`).
+Each runs with its config's `model.kernels` ('auto': xla_cpu on CPU, flax
+elsewhere), or with the kernel set a row asks for (`+flax` rows). Shapes and
+dtypes come from each dataset's feature spec (no data is built or read). The
+batch is random and fixed, so a timed step is compute only; the input
+pipeline is timed on its own (`run.pipeline_rate`).
 """
 
 import dataclasses
@@ -17,9 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmfusion import build, encoders, fusion
 from mmfusion.configs import av_digits
 from mmfusion.configs import seed
-from mmfusion.data import pipeline
+from mmfusion.nn import registry
 
 # name -> (config module, fusion override or None)
 MODELS = {
@@ -31,31 +34,33 @@ MODELS = {
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  name: str  # a table row: 'av', 'seed/tensor'
+  name: str  # a table row: 'av', 'seed/tensor', 'av (flax kernels)'
   config: ml_collections.ConfigDict
   batch_size: int
 
 
-def get_spec(model: str, fusion: str | None = None,
-             batch_size: int | None = None) -> Spec:
-  """`model` (a MODELS key) with its default fusion, or `fusion` instead."""
+def get_spec(model: str, fusion_name: str | None = None,
+             batch_size: int | None = None,
+             kernels: str | None = None) -> Spec:
+  """`model` (a MODELS key) with its default fusion, or `fusion_name`
+  instead, and its config's kernel set, or `kernels` instead."""
   if model not in MODELS:
     raise ValueError(f'unknown model {model!r}; pick from {", ".join(MODELS)}.')
   module, default_fusion = MODELS[model]
   config = module.get_config()
-  config.model.fusion = fusion or default_fusion or config.model.fusion
-  name = model if fusion is None else f'{model}/{fusion}'
+  config.model.fusion = fusion_name or default_fusion or config.model.fusion
+  name = model if fusion_name is None else f'{model}/{fusion_name}'
+  if kernels:
+    config.model.kernels = kernels
+    name += f' ({kernels} kernels)'
   return Spec(name, config, int(batch_size or config.batch_size))
 
 
 def input_spec(config, batch_size: int):
-  """({key: ShapeDtypeStruct} of one batch, num_classes), from the dataset's
-  feature spec: the builder is made but nothing is built or read."""
-  builder = pipeline.get_builder(config.data)
-  spec = pipeline.batch_spec(builder, config.data.modalities, batch_size)
-  return ({k: jax.ShapeDtypeStruct(shape, dtype)
-           for k, (shape, dtype) in spec.items()},
-          builder.info.features['label'].num_classes)
+  """({key: ShapeDtypeStruct} of one batch, num_classes), from the run
+  `build.run` makes: the dataset's builder is made, nothing built or read."""
+  run = build.run(config)
+  return run.abstract_batch(batch_size), run.data.num_classes
 
 
 def make_batch(abstract: dict, num_classes: int, config,
@@ -86,10 +91,16 @@ def make_batch(abstract: dict, num_classes: int, config,
   return batch
 
 
-def has_cnn(spec: Spec) -> bool:
-  """Whether an encoder of `spec` is one that mmfusion.conv layers speed up."""
-  return any(e['name'] in ('cnn', 'resnet', 'audio_cnn')
-             for e in spec.config.model.encoders.values())
+def takes_kernels(spec: Spec) -> bool:
+  """Whether a module of `spec`'s model is built from `model.kernels` (a CNN
+  or attention encoder or fusion): only those get a `+flax` row."""
+  model = spec.config.model
+  stage = fusion.get_fusion(model.fusion).stage
+  names = ([model.early_encoder['name']] if stage == 'early' else
+           [e['name'] for e in model.encoders.values()])
+  classes = [encoders.ENCODERS[n] for n in names]
+  classes.append(fusion.get_fusion(model.fusion).module)
+  return any('kernels' in registry.options_of(c) for c in classes)
 
 
 def backend_summary() -> str:

@@ -6,15 +6,14 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from benchmarks import fast_layers, report, run, specs
+from benchmarks import report, run, specs
 from mmfusion.configs import seed
-from mmfusion import conv, cost, models
-from mmfusion.encoders import image
+from mmfusion import cost, models
+from mmfusion.nn import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_PARAMS = (100 * 64 + 64) + (50 * 64 + 64) + 2 * 64 + (128 * 10 + 10)
@@ -82,10 +81,17 @@ def test_repeats_merge_into_medians_and_a_ratio_range():
   assert run.merge_repeats(rows[:1]) is rows[0]
 
 
-def test_flax_layers_swap_is_undone():
-  with fast_layers.flax_layers(('conv', 'pool', 'norm')):
-    assert image.conv.Conv is nn.Conv and image.conv.conv2d is conv.conv2d
-  assert image.conv is conv
+def test_flax_rows_set_the_kernels_key():
+  """A `+flax` row is its model with config.model.kernels=flax; only models
+  with a module built from kernels get one."""
+  flax_av = specs.get_spec('av', kernels='flax')
+  assert flax_av.name == 'av (flax kernels)'
+  assert flax_av.config.model.kernels == 'flax'
+  assert specs.get_spec('av').config.model.kernels == 'auto'
+  assert models.from_config(flax_av.config.model, 10).kernels is kernels.FLAX
+  assert [specs.takes_kernels(specs.get_spec(m)) for m in specs.MODELS] == [
+      False, True, True]  # seed (MLPs, concat), av (CNNs), transformer
+  assert specs.takes_kernels(specs.get_spec('seed', 'cross_attention'))
 
 
 def test_pytorch_runs_side_by_side_in_a_child_process():
