@@ -65,7 +65,6 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'TFDS data dir of the seed dataset.')
 _VMAP = flags.DEFINE_integer('vmap', 5, 'K of the vmapped-seeds comparison (0: skip).')
 _VMAP_MODELS = flags.DEFINE_list('vmap_models', ['seed', 'av'], 'Its models.')
-_OUT = flags.DEFINE_string('out', 'benchmarks/RESULTS.md', 'Markdown file ("": none).')
 _ISOLATE = flags.DEFINE_bool(
     'isolate', True, 'Time each row in a fresh process of its own (and a '
     'fresh PyTorch child); False: every row in this process.')
@@ -223,7 +222,7 @@ def torch_worker():
     return None, 'not installed'
   from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
   worker = torch_bench.Worker(in_process=not _TORCH_CHILD.value,
-                              tune_malloc=cli.TUNE_MALLOC.value)
+                              tune_malloc=cli.wants_tune_malloc())
   i = worker.call('info')
   return worker, (f'{i["version"]} on CPU, {i["threads"]} threads, in '
                   f'{"a child" if _TORCH_CHILD.value else "the same"} process')
@@ -366,8 +365,9 @@ def main(argv):
   if cli.NOTES.value:
     with open(cli.NOTES.value) as f:
       text += '\n' + f.read().strip()
-  if _OUT.value:
-    with open(_OUT.value, 'w') as f:
+  out = 'benchmarks/RESULTS.md' if cli.OUT.value is None else cli.OUT.value
+  if out:
+    with open(out, 'w') as f:
       f.write(text + '\n')
   print('\n' + text)
 

@@ -140,7 +140,7 @@ def main(argv):
   from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
   cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # orbax chatter
-  workdir, out = cli.WORKDIR.value, predict.OUT.value
+  workdir, out = cli.WORKDIR.value, cli.OUT.value
   if not workdir or not out:
     cli.fail('--workdir and --out must be given; see --help.')
   try:

@@ -33,11 +33,6 @@ from mmfusion.runtime import cli
 _INPUT = flags.DEFINE_string(
     'input', None, 'CSV or JSONL file with one example per row (a manifest '
     'without label or split).')
-# benchmarks/run.py has an --out of its own; allow_override lets both modules
-# be imported into one process (pytest), where the one defined last serves.
-OUT = flags.DEFINE_string(
-    'out', None, 'predict: the JSON Lines file of predictions; export: the '
-    'new directory of the exported model.', allow_override=True)
 CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'best', 'best (the best validation step), latest, or a '
     'step number.')
@@ -204,23 +199,24 @@ def main(argv):
   cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   missing = [f'--{name}' for name, holder in (
-      ('workdir', cli.WORKDIR), ('input', _INPUT), ('out', OUT))
+      ('workdir', cli.WORKDIR), ('input', _INPUT), ('out', cli.OUT))
              if not holder.value]
   if missing:
     cli.fail(f'{" and ".join(missing)} must be given; see --help.')
   try:
-    done = run(cli.WORKDIR.value, _INPUT.value, OUT.value,
+    done = run(cli.WORKDIR.value, _INPUT.value, cli.OUT.value,
                checkpoint=CHECKPOINT.value, member=MEMBER.value,
                embeddings=_EMBEDDINGS.value, skip_bad_rows=_SKIP.value)
   except errors.UserError as e:
     cli.fail(str(e))
   if done['skipped']:
     print(f'{done["skipped"]} bad row(s) of {_INPUT.value} were skipped; see '
-          f'{report_path(OUT.value)}.', flush=True)
-  print(f'Wrote {done["written"]} prediction(s) to {OUT.value}.', flush=True)
+          f'{report_path(cli.OUT.value)}.', flush=True)
+  print(f'Wrote {done["written"]} prediction(s) to {cli.OUT.value}.',
+        flush=True)
 
 
 if __name__ == '__main__':
-  for name in ('workdir', 'compilation_cache'):
+  for name in ('workdir', 'out', 'compilation_cache'):
     flags.declare_key_flag(name)  # listed by --help
   app.run(main, flags_parser=cli.parse_flags)

@@ -35,6 +35,10 @@ TUNE_MALLOC = flags.DEFINE_bool(
     'keeps its peak memory until it exits). Unset: on when JAX will run on '
     'the CPU (JAX_PLATFORMS starts with cpu, or no GPU/TPU plugin is '
     'installed); --tune_malloc or --notune_malloc forces it.')
+OUT = flags.DEFINE_string(
+    'out', None, 'Where the command writes: mmfusion.predict its JSON Lines '
+    'predictions, mmfusion.export a new directory, benchmarks.run its '
+    'Markdown results (unset: benchmarks/RESULTS.md; "": none).')
 NOTES = flags.DEFINE_string(
     'notes', None, 'A Markdown file (what was found, what is left) that the '
     'written report ends with.')
@@ -90,13 +94,17 @@ def _config_hint() -> str:
           f'of a packaged one ({", ".join(configs.names())})')
 
 
+def wants_tune_malloc() -> bool:
+  """What --tune_malloc asks for, its unset default decided (CPU only)."""
+  from mmfusion.runtime import malloc  # pylint: disable=g-import-not-at-top
+  wanted = TUNE_MALLOC.value
+  return malloc.runs_on_cpu() if wanted is None else wanted
+
+
 def tune_malloc() -> bool:
   """Applies --tune_malloc; call before JAX starts its threads."""
   from mmfusion.runtime import malloc  # pylint: disable=g-import-not-at-top
-  wanted = TUNE_MALLOC.value
-  if wanted is None:
-    wanted = malloc.runs_on_cpu()
-  return malloc.tune_malloc() if wanted else False
+  return malloc.tune_malloc() if wants_tune_malloc() else False
 
 
 def use_compilation_cache():
