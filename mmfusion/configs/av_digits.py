@@ -84,21 +84,8 @@ def get_config(arg: str = ''):
                            if m in modalities}
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = (64,)
-  config.model.dtype = 'float32'
-  config.model.remat = False  # nn.remat on encoders: less memory, more compute
-  # 'auto': the fast XLA:CPU kernels on CPU, stock flax ops elsewhere
-  # (mmfusion/nn/kernels); 'flax' or 'xla_cpu' to choose.
-  config.model.kernels = 'auto'
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.warmup_steps = 100
-  config.optimizer.final_lr_fraction = 0.01
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 1.0
+  common.add_model_options(config.model)
+  config.optimizer = common.adamw(grad_clip_norm=1.0)
 
   if variant == 'video':  # 2 s of audio and 8 frames: slower per example
     config.batch_size = 32

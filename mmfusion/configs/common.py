@@ -16,3 +16,22 @@ def add_run_options(config: ml_collections.ConfigDict):
   config.vmap = ml_collections.ConfigDict(
       {'size': 1, 'key': 'seed', 'values': ()})
   return config
+
+
+def add_model_options(model: ml_collections.ConfigDict):
+  """The model keys every config sets the same way (README, "Kernels")."""
+  model.dtype = 'float32'
+  model.remat = False  # nn.remat on encoders: less memory, more compute
+  # 'auto': the fast XLA:CPU kernels on CPU, stock flax ops elsewhere
+  # (mmfusion/nn/kernels); 'flax' or 'xla_cpu' to choose.
+  model.kernels = 'auto'
+  return model
+
+
+def adamw(learning_rate: float = 3e-3, grad_clip_norm: float = 0.0):
+  """AdamW with linear warmup and cosine decay (`build.make_optimizer`)."""
+  return ml_collections.ConfigDict({
+      'name': 'adamw', 'learning_rate': learning_rate, 'warmup_steps': 100,
+      'final_lr_fraction': 0.01, 'b1': 0.9, 'b2': 0.999,
+      'weight_decay': 1e-4,
+      'grad_clip_norm': grad_clip_norm})  # 0: no clipping

@@ -52,21 +52,8 @@ def get_config(arg: str = ''):
     config.model.encoders['tabular'] = {'name': 'mlp', 'features': 64}
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = ()
-  config.model.dtype = 'float32'
-  config.model.remat = False  # nn.remat on encoders: less memory, more compute
-  # 'auto': the fast XLA:CPU kernels on CPU, stock flax ops elsewhere
-  # (mmfusion/nn/kernels); 'flax' or 'xla_cpu' to choose.
-  config.model.kernels = 'auto'
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.warmup_steps = 100
-  config.optimizer.final_lr_fraction = 0.01
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+  common.add_model_options(config.model)
+  config.optimizer = common.adamw()
 
   if 'runlocal' in args:
     config.total_steps = 60

@@ -10,10 +10,11 @@ transposed copy; the backward here materializes those two transposes behind
 Legend: B batch, T queries, S keys, H heads, K width per head.
 """
 
-import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from mmfusion.nn.kernels import stock
 
 
 def _attention_weights(q_BxHxTxK, k_BxHxSxK, mask):
@@ -69,10 +70,8 @@ def dot_product_attention(query, key, value, mask=None, dropout_rng=None,
   values, mask broadcastable to [B, H, T, S]) with its gradient written out
   (`_attend`). With attention dropout in training, flax's own."""
   if dropout_rate > 0.0 and not deterministic:
-    return nn.dot_product_attention(
-        query, key, value, mask=mask, dropout_rng=dropout_rng,
-        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
-        deterministic=deterministic, dtype=dtype)
+    return stock.attention(query, key, value, mask, dropout_rng, dropout_rate,
+                           broadcast_dropout, deterministic, dtype)
   if dtype is not None:
     query, key, value = (x.astype(dtype) for x in (query, key, value))
   heads_first = lambda x_BxTxHxK: jnp.swapaxes(x_BxTxHxK, 1, 2)
