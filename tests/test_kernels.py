@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmfusion import encoders, fusion, train
+from mmfusion import build, encoders, fusion, train
 from mmfusion.configs import av_digits
 from mmfusion.nn import kernels
 from mmfusion.runtime import errors
@@ -154,7 +154,19 @@ def _av_config(kernel_set: str, data_dir: str):
   return config
 
 
+def _custom_vjps(config) -> int:
+  """custom_vjp calls in the traced forward of the model `config` builds."""
+  run = build.run(config)
+  batch = run.abstract_batch(2)
+  params = jax.eval_shape(run.model.init, jax.random.key(0), batch)
+  jaxpr = jax.make_jaxpr(lambda p, b: run.model.apply(p, b))(params, batch)
+  return str(jaxpr).count('custom_vjp_call')
+
+
 def test_both_kernel_sets_train_the_same_loss_curve(tmp_path, data_dir):
+  # The key reaches the encoders: only xla_cpu's ops are custom VJPs.
+  assert _custom_vjps(_av_config('flax', data_dir)) == 0
+  assert _custom_vjps(_av_config('xla_cpu', data_dir)) > 0
   losses = {}
   for kernel_set in ('flax', 'xla_cpu'):
     workdir = str(tmp_path / kernel_set)
