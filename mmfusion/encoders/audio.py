@@ -9,7 +9,7 @@ Legend: B batch, S samples, N frames, K fft bins, M mel bands, D width.
 """
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -107,7 +107,7 @@ class AudioTransformer(nn.Module):
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x features
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   class_token: bool = False
   sample_rate: int = 16_000
   n_fft: int = 400  # 25 ms at 16 kHz

@@ -5,7 +5,7 @@ Legend: B batch, H/W image size, h/w feature-map size, C channels, D width.
 """
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -141,7 +141,7 @@ class ViT(nn.Module):
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x features
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   class_token: bool = False
   dtype: Any = jnp.float32
   kernels: kernels_lib.Kernels = kernels_lib.FLAX

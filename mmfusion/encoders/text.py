@@ -5,7 +5,7 @@ real token, and it does not change the outputs at real positions.
 Legend: B batch, L sequence length, E embedding width, D width.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -57,7 +57,7 @@ class TextTransformer(nn.Module):
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x features
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   max_len: int = 512  # longest input a learned position table covers
   class_token: bool = False  # prepend a [CLS] token (token 0, always real)
   dtype: Any = jnp.float32

@@ -5,7 +5,7 @@ embedding, an optional class token, and a pre-LN `layers.Encoder` that respects
 the padding mask. Legend: B batch, T tokens, D width.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ class TokenTransformer(nn.Module):
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x width, as in ViT
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   max_len: int | None = None  # learned table size; None: the length seen at init
   class_token: bool = False  # prepend a learned [CLS] token (token 0)
   dtype: Any = jnp.float32

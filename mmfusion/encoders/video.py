@@ -6,7 +6,7 @@ over time or run a temporal Transformer. `tubelet` embeds 3D patches directly.
 Integer pixels are scaled by 1/255. Legend: B batch, F frames, D width.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ class FrameEncoder(nn.Module):
 class VideoPool(nn.Module):
   """Per-frame image encoder + mean over time (late pooling, Karpathy et al. 2014)."""
   features: int
-  frame_encoder: str = 'cnn'  # 'cnn', 'resnet', 'vit' or 'mlp'
+  frame_encoder: Literal['cnn', 'resnet', 'vit', 'mlp'] = 'cnn'
   frame_options: Any = None  # dict of the frame encoder's options
   dtype: Any = jnp.float32
   kernels: kernels_lib.Kernels = kernels_lib.FLAX
@@ -70,13 +70,13 @@ class VideoTransformer(nn.Module):
   """Per-frame encoder + temporal Transformer (ViViT factorised encoder,
   Arnab et al. 2021): one token per frame out."""
   features: int
-  frame_encoder: str = 'cnn'  # 'cnn', 'resnet', 'vit' or 'mlp'
+  frame_encoder: Literal['cnn', 'resnet', 'vit', 'mlp'] = 'cnn'
   frame_options: Any = None  # dict of the frame encoder's options
   num_layers: int = 2
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x features
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   class_token: bool = False
   dtype: Any = jnp.float32
   kernels: kernels_lib.Kernels = kernels_lib.FLAX
@@ -106,7 +106,7 @@ class Tubelet(nn.Module):
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 x features
   dropout: float = 0.0
-  posemb: str = 'learned'  # 'learned', 'sincos' or 'none'
+  posemb: Literal['learned', 'sincos', 'none'] = 'learned'
   class_token: bool = False
   dtype: Any = jnp.float32
   kernels: kernels_lib.Kernels = kernels_lib.FLAX

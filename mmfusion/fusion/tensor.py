@@ -6,7 +6,7 @@ Shape legend: B batch, D output width, E_m modality width, P projection
 width, R rank, M modalities.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -107,7 +107,7 @@ class Multiplicative(nn.Module):
   learned embedding (zero-init, so an absent context starts as f = V x + b).
   """
   features: int | None = None  # None: widest modality width
-  form: str = 'matrix'  # 'matrix' | 'vector' | 'scalar'
+  form: Literal['matrix', 'vector', 'scalar'] = 'matrix'
   target: str | None = None  # the input x; None: first modality in sorted order
   proj_dim: int | None = None  # project x and z to this width first; None: no
   dtype: Dtype = jnp.float32
