@@ -20,25 +20,11 @@ import numpy as np
 import optax
 
 from mmfusion import members as members_lib
-from mmfusion import models, sharding
+from mmfusion import models, schema, sharding
 from mmfusion.data import info as info_lib
 from mmfusion.data import pipeline
 from mmfusion.runtime import errors
 
-# Keys the loop reads; the config files set every one (configs/common.py has
-# the run options they share), so nothing reads a default elsewhere.
-REQUIRED_KEYS = (
-    'seed', 'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
-    'log_every', 'num_devices', 'fsdp', 'fsdp_min_size', 'grad_accum_steps',
-    'keep_checkpoints', 'best_metric', 'best_mode', 'vmap.size', 'vmap.key',
-    'vmap.values', 'data.name', 'data.modalities', 'data.data_dir',
-    'data.overrides', 'data.modality_dropout', 'data.extra_eval_splits',
-    'model.fusion', 'model.fusion_kwargs', 'model.encoders',
-    'model.early_encoder', 'model.head_hidden', 'model.dtype', 'model.remat',
-    'model.kernels', 'optimizer.name', 'optimizer.learning_rate',
-    'optimizer.warmup_steps', 'optimizer.final_lr_fraction', 'optimizer.b1',
-    'optimizer.b2', 'optimizer.weight_decay', 'optimizer.grad_clip_norm')
-OPTIMIZERS = ('adamw',)
 
 
 @flax.struct.dataclass
@@ -74,35 +60,49 @@ def create_train_state(model, tx, example_batch, seed,
                     lr_scale=jnp.asarray(lr_scale, jnp.float32))
 
 
-def _has(config, dotted: str) -> bool:
-  node = config
-  for part in dotted.split('.'):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def check_config(config):
-  """Fails in one sentence on anything in `config` that no run could use;
-  everything after it trusts the config."""
-  missing = [k for k in REQUIRED_KEYS if not _has(config, k)]
-  if missing:
-    raise errors.UserError(
-        f'the config has no {", ".join(missing[:6])}'
-        f'{" ..." if len(missing) > 6 else ""}; start from '
-        f'mmfusion/configs/seed.py, whose run options come from '
-        f'mmfusion/configs/common.py.')
+  """Fails in one sentence on anything in `config` that no run could use:
+  each key's type and range (`schema`), then what spans keys; everything
+  after it trusts the config."""
+  schema.check(config)
   models.check_config(config.model)
-  if config.optimizer.name not in OPTIMIZERS:
-    raise errors.unknown_name('optimizer', config.optimizer.name, OPTIMIZERS)
   members_lib.from_config(config)
+  stray = sorted(set(config.data.modality_dropout) - set(config.data.modalities))
+  if stray:
+    raise errors.UserError(
+        f'data.modality_dropout names {", ".join(stray)}, which is not in '
+        f'data.modalities {tuple(config.data.modalities)}; drop it or add '
+        f'the modality.')
+  if config.batch_size % jax.process_count():
+    raise errors.UserError(
+        f'batch_size={config.batch_size} does not divide over '
+        f'{jax.process_count()} processes; pass a multiple of '
+        f'{jax.process_count()}.')
   accum = config.grad_accum_steps
   per_process = config.batch_size // jax.process_count()
   if per_process % accum:
     raise errors.UserError(
         f'grad_accum_steps={accum} does not divide the per-process batch of '
         f'{per_process}; pick a divisor.')
+
+
+def check_data(config, data: info_lib.DataInfo, train_examples: int):
+  """What the config asks of the data: a batch the training split can fill,
+  a best_metric the evaluation reports."""
+  if config.batch_size > train_examples:
+    raise errors.UserError(
+        f'batch_size={config.batch_size} is larger than the '
+        f'{train_examples} training examples of {config.data.name}; pass '
+        f'--config.batch_size={train_examples} or less.')
+  if config.best_metric == 'auroc' and data.num_classes != 2:
+    raise errors.UserError(
+        f'best_metric=auroc needs two classes but {config.data.name} has '
+        f'{data.num_classes}; use accuracy, macro_f1 or loss.')
+  if config.best_mode != ('min' if config.best_metric == 'loss' else 'max'):
+    raise errors.UserError(
+        f'best_mode={config.best_mode} keeps the worst {config.best_metric}; '
+        f'use best_mode='
+        f'{"min" if config.best_metric == "loss" else "max"}.')
 
 
 @dataclasses.dataclass

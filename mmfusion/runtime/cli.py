@@ -12,6 +12,7 @@ parsing.
 import os
 import re
 import sys
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
@@ -53,12 +54,15 @@ DISTRIBUTED_AUTO = flags.DEFINE_bool(
     'distributed_auto', False, 'Multi-host: let jax.distributed.initialize '
     'read the cluster (TPU pod, SLURM, Open MPI) instead of '
     '--coordinator_address, --num_processes and --process_id.')
+DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout', 300, 'Multi-host: seconds to wait for every '
+    'process to connect to the coordinator before giving up with an error.')
 
 # Names for `flags.declare_key_flag` in a tool, so its --help lists them
 # (absl's --help shows only the main module's key flags).
 RUN_FLAGS = ('config', 'workdir', 'compilation_cache', 'tune_malloc')
 MULTIHOST_FLAGS = ('coordinator_address', 'num_processes', 'process_id',
-                   'distributed_auto')
+                   'distributed_auto', 'distributed_timeout')
 
 def resolve_config(value: str) -> str:
   """A --config value naming a packaged config (`seed[:ARG]`,
@@ -117,25 +121,63 @@ def use_compilation_cache():
 def start_distributed():
   """Joins the multi-host run that the flags describe (nothing for one
   process); call after `tune_malloc`, before anything uses a JAX device."""
-  from mmfusion import sharding  # pylint: disable=g-import-not-at-top
+  from mmfusion.runtime import distributed  # pylint: disable=g-import-not-at-top
   from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
   try:
-    sharding.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
-                                    PROCESS_ID.value, DISTRIBUTED_AUTO.value)
+    # Processes that do not all connect within --distributed_timeout:
+    # `fail` runs on the watchdog thread, which then ends the process.
+    distributed.initialize(
+        COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+        DISTRIBUTED_AUTO.value, timeout=DISTRIBUTED_TIMEOUT.value,
+        on_timeout=lambda error: fail(str(error)))
   except errors.UserError as e:
     fail(str(e))
+
+
+def _config_file_error(error: BaseException) -> str | None:
+  """'FILE, line N: Kind: message' for a config file that failed to import
+  or whose get_config raised; None if `error` did not come from one."""
+  chain, e = [], error
+  while e is not None and len(chain) < 8:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in reversed(chain):  # the original error is the last in the chain
+    if isinstance(e, SyntaxError) and e.filename:
+      return (f'{e.filename}, line {e.lineno}: SyntaxError: '
+              f'{e.msg}')
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(('<', sys.prefix, sys.base_prefix))
+              and os.path.abspath(f.filename) != os.path.abspath(__file__)]
+    if frames and not isinstance(e, flags.Error):
+      message = (str(e).strip().splitlines() or [''])[0]
+      return (f'{frames[-1].filename}, line {frames[-1].lineno}: '
+              f'{type(e).__name__}: {message}'.rstrip(': '))
+  return None
 
 
 def parse_flags(argv):
   """absl flag parsing, with bad flags told in one sentence, no traceback."""
   try:
     return flags.FLAGS(_resolve_config_args(argv))
-  except flags.Error as e:
+  except Exception as e:  # pylint: disable=broad-except
+    where = _config_file_error(e)
+    if where:
+      fail(f'the --config file did not load ({where.rstrip(".")}); fix it, '
+           f'or {_config_hint()}.')
+    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError,
+                          ValueError)):
+      raise
+    _flag_error(e, argv)
+
+
+def _flag_error(e: Exception, argv):
+  """One sentence for a flag that did not parse."""
+  if isinstance(e, flags.Error):
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if '--config' in lines[0] and len(lines) > 1:  # config file did not load
       fail(f'cannot load the --config file: {lines[-1]}; {_config_hint()}.')
     fail(f'{lines[0].rstrip(".")}; see --helpfull for the flags.')
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
+  else:
     key = re.findall(r"'([^'\\]+)", str(e))
     bad = [a.split('=')[0] for a in argv if a.startswith('--config.')
            and key and key[0] in a.split('=')[0].split('.')]
