@@ -6,7 +6,8 @@ at least `fsdp_min_size` elements is split along `data` on its largest axis
 that divides evenly (FSDP / ZeRO-3 style): XLA gathers it where a layer needs
 it. The rule is applied to the abstract state at creation, so the state is born
 sharded (`jax.jit(init, out_shardings=...)`). The same code runs on one CPU,
-fake CPU devices, a GPU box or a TPU pod.
+fake CPU devices, a GPU box or a TPU pod (started by
+`runtime/distributed.py`).
 """
 
 import jax
@@ -14,45 +15,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from mmfusion.runtime import errors
-
-
-def initialize_distributed(coordinator_address: str, num_processes: int,
-                           process_id: int, auto: bool = False):
-  """Joins a multi-process run (one process per host) before JAX starts."""
-  if auto:  # TPU pods, SLURM, Open MPI, ...: JAX reads the cluster's env.
-    _join('--distributed_auto found no cluster to join')
-    return
-  _check_processes(coordinator_address, num_processes, process_id)
-  if num_processes > 1:
-    _join(f'process {process_id} of {num_processes} cannot join the run at '
-          f'{coordinator_address}', coordinator_address=coordinator_address,
-          num_processes=num_processes, process_id=process_id)
-
-
-def _check_processes(coordinator_address: str, num_processes: int,
-                     process_id: int):
-  """Multi-host flags that cannot work, told before anything waits on them."""
-  if num_processes < 1:
-    raise errors.UserError(
-        f'--num_processes={num_processes}: pass 1 or more processes.')
-  if not 0 <= process_id < num_processes:
-    raise errors.UserError(
-        f'--process_id={process_id} is not in 0 .. {num_processes - 1} '
-        f'(--num_processes={num_processes}); give each process its own id.')
-  if num_processes > 1 and not coordinator_address:
-    raise errors.UserError(
-        f'--num_processes={num_processes} needs --coordinator_address='
-        f'HOST:PORT of process 0, the same on every process.')
-
-
-def _join(what: str, **kwargs):
-  """jax.distributed.initialize, its failure told in one sentence."""
-  try:
-    jax.distributed.initialize(**kwargs)
-  except (RuntimeError, ValueError) as e:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise errors.UserError(f'{what} ({reason.rstrip(".")}); check the '
-                           f'multi-host flags.') from None
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

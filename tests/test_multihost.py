@@ -6,12 +6,13 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from mmfusion import sharding
+from mmfusion.runtime import distributed
 from mmfusion.runtime import errors
 from tests.helpers import ROOT, final_params, main_command, subprocess_env
 
@@ -69,8 +70,89 @@ def test_two_processes_match_one_and_their_checkpoint_restores(tmp_path):
 def test_multihost_flags_that_cannot_work_are_one_sentence(
     address, processes, process_id, message):
   with pytest.raises(errors.UserError, match=re.escape(message)) as e:
-    sharding.initialize_distributed(address, processes, process_id)
+    distributed.initialize(address, processes, process_id)
   assert '\n' not in str(e.value) and str(e.value).endswith('.')
+
+
+@pytest.mark.parametrize('address, message', [
+    ('127.0.0.1', '--coordinator_address=127.0.0.1 is not HOST:PORT'),
+    ('127.0.0.1:0', 'is not HOST:PORT with a port in 1 .. 65535'),
+    ('127.0.0.1:65536', 'is not HOST:PORT with a port in 1 .. 65535'),
+    ('127.0.0.1:http', 'is not HOST:PORT'),
+    (':1234', '--coordinator_address=:1234 is not HOST:PORT'),
+    ('::1:1234', 'an IPv6 host in brackets, [::1]:1234'),
+    ('nohost.invalid:1234', "host 'nohost.invalid' does not resolve"),
+])
+def test_coordinator_addresses_that_cannot_work_are_one_sentence(address,
+                                                                 message):
+  with pytest.raises(errors.UserError, match=re.escape(message)) as e:
+    distributed.initialize(address, 2, 1)
+  assert '\n' not in str(e.value) and str(e.value).endswith('.')
+
+
+@pytest.mark.parametrize('address', ['localhost:1234', '127.0.0.1:65535',
+                                     '[::1]:1234'])
+def test_coordinator_addresses_that_can_work_pass_the_checks(address):
+  distributed._check_processes(address, 2, 1)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('timeout', [0, -5])
+def test_distributed_timeout_that_cannot_work_is_one_sentence(timeout):
+  with pytest.raises(errors.UserError, match=re.escape(
+      f'--distributed_timeout={timeout}: pass a positive number')) as e:
+    distributed.initialize('127.0.0.1:1234', 2, 0, timeout=timeout)
+  assert '\n' not in str(e.value) and str(e.value).endswith('.')
+
+
+def _lone_process(tmp_path, address, process_id, timeout=5):
+  """A `mmfusion.main` process of a 2-process run whose peer never starts."""
+  command = [sys.executable, '-m', 'mmfusion.main', '--compilation_cache=',
+             '--config=mmfusion/configs/seed.py:runlocal',
+             f'--workdir={tmp_path / "w"}', '--num_processes=2',
+             f'--process_id={process_id}', f'--coordinator_address={address}',
+             f'--distributed_timeout={timeout}']
+  start = time.monotonic()
+  result = subprocess.run(command, cwd=ROOT, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=timeout + 30)
+  elapsed = time.monotonic() - start
+  assert result.returncode == 2, result.stderr
+  errors_ = [l for l in result.stderr.splitlines()
+             if l.startswith('mmfusion: error:')]
+  assert len(errors_) == 1, result.stderr
+  for noise in ('Traceback', 'Check failure', 'Terminating process'):
+    assert noise not in result.stderr, result.stderr
+  assert not (tmp_path / 'w').exists()
+  return errors_[0], result.stderr, elapsed
+
+
+@pytest.mark.parametrize('process_id, message', [
+    (0, 'only 1 of 2 processes connected to {} within 5 s'),
+    (1, 'could not reach the coordinator at {} within 5 s'),
+])
+def test_a_process_without_its_peers_gives_up_in_one_sentence(
+    tmp_path, process_id, message):
+  address = f'127.0.0.1:{_free_port()}'
+  error, stderr, elapsed = _lone_process(tmp_path, address, process_id)
+  assert message.format(address) in error and error.endswith('.'), stderr
+  assert '--distributed_timeout' in error, error
+  assert (f'mmfusion: waiting up to 5 s for 2 processes at {address} (this '
+          f'is process {process_id}) ...') in stderr.splitlines(), stderr
+  assert 5 <= elapsed < 35, elapsed
+
+
+def test_a_coordinator_port_in_use_is_one_sentence(tmp_path):
+  with socket.socket() as taken:
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(('0.0.0.0', 0))
+    taken.listen()
+    address = f'127.0.0.1:{taken.getsockname()[1]}'
+    error, stderr, elapsed = _lone_process(tmp_path, address, 0, timeout=60)
+  port = address.split(':')[1]
+  assert error == (f'mmfusion: error: process 0 cannot serve the coordinator '
+                   f'at {address} (port {port}: Address already in use; '
+                   f'another program may hold it); pass a port that is '
+                   f"free on process 0's machine."), stderr
+  assert elapsed < 30, elapsed  # failed at once, and jax's atexit did not wait
 
 
 def test_ablate_starts_multihost_runs_like_main(tmp_path):
