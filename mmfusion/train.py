@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from mmfusion import build, evaluate, sharding
+from mmfusion import build, evaluate, schema, sharding
 from mmfusion import checkpoint as checkpoint_lib
 from mmfusion import members as members_lib
 from mmfusion.data import pipeline
-from mmfusion.runtime import errors, preemption, reporting
+from mmfusion.runtime import errors, files, preemption, reporting
 
 
 def cross_entropy(logits_BxC, label_B):
@@ -103,27 +104,48 @@ def _writable(workdir: str):
         f'--workdir you can write to.') from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_changed=(), start_over: bool = False) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Everything is checked before the workdir is touched. `allow_changed` names
+  experiment keys (`schema.OVERRIDABLE`) a resume may change, recorded in
+  `workdir/resume_changes.jsonl`; `start_over` trains from step 0 when every
+  checkpoint is damaged. A finished run is not run again.
+  """
   config_dict = config.to_dict()
 
-  # ------------------------------------------------ Checks that fail fast ---
+  # ---------------------------- Checks, before anything is written there ---
   run = build.run(config)
   builder, members, mesh = run.builder, run.members, run.mesh
+  _check_allowed(allow_changed)
   eval_splits = ('validation', 'test') + tuple(
       s for s in config.data.extra_eval_splits if s not in
       ('validation', 'test'))
-  _writable(workdir)
-
-  # ----------------------------------------------------------------- Data ---
   pipeline.prepare(builder)
   missing = [s for s in eval_splits if s not in builder.info.splits]
   if missing:
     raise errors.UserError(
         f'{builder.info.full_name} has no split {missing}; its splits are '
         f'{list(builder.info.splits)} (fix data.extra_eval_splits).')
+  build.check_data(config, run.data, builder.info.splits['train'].num_examples)
+  abstract = run.sharded_abstract_state()
+  start, state, data_state, changes = _resume_point(
+      workdir, abstract, config_dict, allow_changed, start_over)
+  if start is not None and start > config.total_steps:
+    raise errors.UserError(
+        f'{workdir} holds a checkpoint at step {start}, past total_steps='
+        f'{config.total_steps}; pass --config.total_steps={start} or more, '
+        f'or a new --workdir.')
+  done = _finished(workdir, start, config.total_steps)
+  if done is not None:
+    return done
+  _writable(workdir)
+
+  # ----------------------------------------------------------------- Data ---
   if jax.process_index() == 0:  # what mmfusion.load needs without the data
     run.data.save(workdir)
+    _record_changes(workdir, start, changes)
   sources = {s: builder.as_data_source(split=s)
              for s in ('train',) + eval_splits}
   spec = run.batch_spec()
@@ -134,11 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       modality_dropout=config.data.modality_dropout))
 
   # ------------------------------------------------- Model and its state ---
-  abstract = run.sharded_abstract_state()
   state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
   ckpt = checkpoint_lib.Checkpointer(workdir,
                                      max_to_keep=config.keep_checkpoints)
-  start, state, data_state = ckpt.restore_latest(abstract, config_dict)
   if start is None:
     state = run.init_state()
   else:
@@ -158,7 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     in_shardings=(state_sharding.params, batch_sharding))
 
   # ----------------------------------------------------------------- Loop ---
-  writer = reporting.MetricWriter(workdir)
+  # A fresh start (--start_over) logs from step 1 again: drop what went before.
+  writer = reporting.MetricWriter(workdir, resume_step=start or 0,
+                                  final_step=config.total_steps)
   best = _Best(workdir, config)
   step = int(np.max(state.step))  # members share the step
   progress = reporting.Progress(config.total_steps, config.batch_size, step)
@@ -179,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           k: float(np.mean([m[k] for _, m in fetched]))
           for k in ('loss', 'accuracy', 'grad_norm')})
 
+  print(f'Training from step {step} to {config.total_steps}.', flush=True)
   with preemption.Preemption() as preempt:
     while step < config.total_steps:
       batch = next(train_iter)
@@ -186,14 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, out = update(state, sharding.to_global(batch, mesh))
       step += 1
       pending.append((step, out))
+      if preempt.requested():  # after every step: a grace period is short
+        flush()
+        ckpt.save(step, state, train_iter.get_state(), config_dict, force=True)
+        ckpt.wait()
+        print(f'Preempted ({preempt.signal_name}) at step {step}: checkpoint '
+              f'saved; run the same command again to resume.', flush=True)
+        writer.close()
+        return {'preempted': True, 'step': step}
       if step % config.log_every == 0 or step == config.total_steps:
         flush()
-        if preempt.requested():
-          ckpt.save(step, state, train_iter.get_state(), config_dict, force=True)
-          ckpt.wait()
-          print(f'Preempted (SIGTERM) at step {step}: checkpoint saved; run '
-                f'the same command again to resume.', flush=True)
-          return {'preempted': True, 'step': step}
       if step % config.eval_every == 0 and step < config.total_steps:
         flush()
         val = evaluate_split('validation')
@@ -226,10 +251,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  data=config.data.name, fusion=config.model.fusion,
                  best=best.record)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(workdir, 'results.json'), summary)
     print(reporting.table({s: summary[s] for s in results}), flush=True)
   return summary
+
+
+def _check_allowed(allow_changed):
+  """--allow_changed may name only keys that a resume can take."""
+  bad = sorted(set(allow_changed) - schema.OVERRIDABLE)
+  if bad:
+    raise errors.UserError(
+        f'--allow_changed={",".join(bad)}: '
+        f'{"these keys" if len(bad) > 1 else "this key"} cannot change on '
+        f'resume (it fixes the parameters, the data or the randomness, or '
+        f'may change anyway); --allow_changed takes: '
+        f'{", ".join(sorted(schema.OVERRIDABLE))}.')
+
+
+def _resume_point(workdir, abstract, config_dict, allow_changed, start_over):
+  """(step, state, data_state, changes) to resume from; all None and [] for
+  a fresh run. Reads the workdir, writes nothing but the moves of damaged
+  checkpoints."""
+  found = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  if jax.process_count() > 1:  # process 0's view, so all open it or none
+    found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+  if not found:
+    return None, None, None, []
+  ckpt = checkpoint_lib.Checkpointer(workdir)
+  try:
+    return ckpt.restore_latest(abstract, config_dict,
+                               allow_changed=allow_changed,
+                               start_over=start_over)
+  finally:
+    ckpt.close()
+
+
+def _finished(workdir: str, start: int | None, total_steps: int):
+  """The saved summary of a run that already reached `total_steps` and wrote
+  its results, said so; else None."""
+  path = os.path.join(workdir, 'results.json')
+  if start != total_steps or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  if summary.get('step') != total_steps:
+    return None
+  print(f'{workdir} is already complete at step {total_steps}; its results '
+        f'are in {path} (raise --config.total_steps to train on).', flush=True)
+  return {**summary, 'already_complete': True}
+
+
+def _record_changes(workdir: str, step: int | None, changes):
+  """Appends the config changes a resume was allowed to make."""
+  if not changes:
+    return
+  with open(os.path.join(workdir, 'resume_changes.jsonl'), 'a') as f:
+    for key, before, now in changes:
+      f.write(json.dumps({'step': step, 'key': key, 'before': before,
+                          'now': now}) + '\n')
+  print(f'Resuming with {", ".join(f"{k}={n!r} (was {b!r})" for k, b, n in changes)}'
+        f'; recorded in resume_changes.jsonl.', flush=True)
 
 
 def _write(writer, step, split, results: list, members):
@@ -263,8 +344,7 @@ class _Best:
     self.ckpt.wait()
     self.record = {'step': step, 'metric': self.metric, 'value': value}
     if jax.process_index() == 0:
-      with open(self.path, 'w') as f:
-        json.dump(self.record, f)
+      files.write_json(self.path, self.record)
 
   def close(self):
     self.ckpt.close()

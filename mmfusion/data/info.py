@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from mmfusion.runtime import files
+
 FILE = 'data_info.json'
 
 
@@ -52,8 +54,7 @@ class DataInfo:
                preprocessing=d['preprocessing'])
 
   def save(self, workdir: str):
-    with open(os.path.join(workdir, FILE), 'w') as f:
-      json.dump(self.to_json(), f, indent=2)
+    files.write_json(os.path.join(workdir, FILE), self.to_json())
 
   @classmethod
   def read(cls, workdir: str) -> 'DataInfo':

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmfusion.runtime import errors
+from mmfusion.runtime import errors, files
 from mmfusion.data import BUILDERS
 from mmfusion.data import transforms
 
@@ -98,7 +98,15 @@ def _build(builder):
   print(f'Building {builder.info.full_name} in {builder.data_dir_root} ...',
         flush=True)
   t0 = time.perf_counter()
-  builder.download_and_prepare(file_format='array_record')
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except Exception as e:  # pylint: disable=broad-except
+    if not files.is_write_error(e):
+      raise
+    raise files.write_error(
+        builder.data_dir_root, e, what=f'{builder.info.full_name} to ',
+        then='run the same command again to build it (TFDS keeps no '
+             'half-built dataset)') from None
   n = sum(split.num_examples for split in builder.info.splits.values())
   print(f'... built ({n:,} examples, {time.perf_counter() - t0:.0f} s)',
         flush=True)

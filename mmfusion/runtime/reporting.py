@@ -10,17 +10,42 @@ import sys
 import time
 
 import jax
-from tensorboardX import SummaryWriter
+from tensorboardX import event_file_writer, summary
+from tensorboardX.proto import event_pb2
+
+from mmfusion.runtime import files
 
 
 class MetricWriter:
-  """Appends `{step, split, **metrics}` to metrics.jsonl and TensorBoard."""
+  """Appends `{step, split, **metrics}` to metrics.jsonl and TensorBoard.
 
-  def __init__(self, workdir: str):
+  Both are written in the calling thread, each record as one whole line, so
+  a failed write (a full disk) raises here, as one sentence, and leaves no
+  half line. A run resumed from step `resume_step` first drops what a
+  previous attempt logged after that step (the resumed run logs it again,
+  with the same values) and a half-written last line, and tells TensorBoard
+  to hide its events from `resume_step + 1` on.
+  """
+
+  def __init__(self, workdir: str, resume_step: int | None = None,
+               final_step: int | None = None):
     self.active = jax.process_index() == 0
-    if self.active:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    if not self.active:
+      return
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    with files.writes(self.path):
+      if resume_step is not None:
+        _drop_after(self.path, resume_step, final_step)
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o644)
+      tb_dir = os.path.join(workdir, 'tensorboard')
+      os.makedirs(tb_dir, exist_ok=True)
+      self._tb = event_file_writer.EventsWriter(os.path.join(tb_dir, 'events'))
+      if resume_step is not None:
+        self._tb.write_event(event_pb2.Event(
+            step=resume_step + 1, wall_time=time.time(),
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      self._tb.flush()
 
   def write(self, step: int, split: str, metrics: dict,
             member: int | None = None):
@@ -32,16 +57,65 @@ class MetricWriter:
     if member is not None:
       record['member'], tag = member, f'{split}/member{member}'
     record.update({k: float(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
-    for k, v in metrics.items():
-      self._tb.add_scalar(f'{tag}/{k}', float(v), int(step))
-    self._tb.flush()
+    line = (json.dumps(record) + '\n').encode()
+    with files.writes(self.path):
+      size = os.fstat(self._fd).st_size
+      try:
+        done = 0
+        while done < len(line):  # a short write: the rest says why
+          done += os.write(self._fd, line[done:])
+      except OSError:
+        os.ftruncate(self._fd, size)  # never a half line
+        raise
+      for k, v in metrics.items():
+        self._tb.write_event(event_pb2.Event(
+            step=int(step), wall_time=time.time(),
+            summary=summary.scalar(f'{tag}/{k}', float(v))))
+      self._tb.flush()
 
   def close(self):
     if self.active:
-      self._jsonl.close()
-      self._tb.close()
+      os.close(self._fd)
+      with files.writes(self.path):
+        self._tb.close()
+
+
+def _kept(record: dict, resume_step: int, final_step: int | None) -> bool:
+  """Whether a logged record survives a resume from `resume_step`: what came
+  after it is logged again, and so is the final evaluation of a run whose
+  last checkpoint is its final step."""
+  if record['step'] > resume_step:
+    return False
+  return not (record['step'] == resume_step == final_step
+              and record['split'] != 'train')
+
+
+def _drop_after(path: str, resume_step: int, final_step: int | None):
+  """Rewrites metrics.jsonl (atomically) without what `_kept` drops and
+  without a half-written last line; says what went."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  whole, tail = lines[:-1], lines[-1]  # tail: b'' unless cut mid-line
+  records = []
+  for line in whole:
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      tail = tail or line
+  kept = [r for r in records if _kept(r, resume_step, final_step)]
+  if len(kept) == len(records) and not tail:
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)  # atomic: the old file or the new one
+  dropped = len(records) - len(kept)
+  said = [f'{dropped} records after step {resume_step} (logged again now)'
+          ] if dropped else []
+  said += ['a half-written line'] if tail else []
+  print(f'metrics.jsonl: dropped {" and ".join(said)}.', flush=True)
 
 
 class Progress:
