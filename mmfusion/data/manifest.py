@@ -143,6 +143,22 @@ def image_from_array(x, shape) -> np.ndarray:
   return x
 
 
+def _npy(path) -> np.ndarray:
+  """The array of a .npy file; MediaError for anything else (an .npz archive
+  renamed, a pickle)."""
+  x = np.load(path, allow_pickle=False)
+  if not isinstance(x, np.ndarray):
+    raise MediaError('unreadable (not a .npy array; an .npz archive?)')
+  return x
+
+
+# What a damaged file raises while read: truncated (EOFError), garbage
+# headers (ValueError, wave.Error, SyntaxError for Pillow), chunk sizes past
+# the end (RuntimeError from `wave` in Python 3.11, and from soundfile).
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError,
+               SyntaxError, wave.Error)
+
+
 def read_image(path, shape) -> np.ndarray:
   """uint8 [H, W, C] from .npy, .pgm/.ppm/.pnm or (with Pillow) other formats;
   MediaError unless it has exactly `shape` ([H, W] counts as C = 1)."""
@@ -151,7 +167,7 @@ def read_image(path, shape) -> np.ndarray:
   ext = os.path.splitext(path)[1].lower()
   try:
     if ext == '.npy':
-      x = as_pixels(np.load(path, allow_pickle=False))
+      x = as_pixels(_npy(path))
     elif ext in ('.pgm', '.ppm', '.pnm'):
       x = _netpbm(path)
     else:
@@ -162,7 +178,9 @@ def read_image(path, shape) -> np.ndarray:
                          f'or save images as .npy or .pgm') from None
       with Image.open(path) as im:
         x = np.asarray(im)
-  except (OSError, ValueError, SyntaxError) as e:
+  except MediaError:
+    raise
+  except _UNREADABLE as e:
     raise MediaError(f'unreadable ({e})') from None
   if x.ndim == 2:
     x = x[..., None]
@@ -196,7 +214,7 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
     if ext == '.wav':
       x, rate = _wav(path)
     elif ext == '.npy':
-      x = np.load(path, allow_pickle=False).astype(np.float32)
+      x = _npy(path).astype(np.float32)
       rate = sample_rate
       if x.ndim != 1:
         raise MediaError(f'a waveform must be 1-D, not {list(x.shape)}')
@@ -210,7 +228,9 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
       x = x.mean(1)
     else:
       raise MediaError(f'{ext or "no extension"} is not .wav, .npy or .flac')
-  except (OSError, ValueError, KeyError, EOFError, wave.Error) as e:
+  except MediaError:
+    raise
+  except _UNREADABLE as e:
     raise MediaError(f'unreadable ({e})') from None
   if rate != sample_rate:
     x = speech.resample([x], rate, sample_rate)[0]
