@@ -36,7 +36,7 @@ demo: $(VENV)/.demo
 	$(PY) -m mmfusion.main --config=mmfusion/configs/seed.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests
 
 # Regenerates every report under experiments/reports, each with its notes.md:
 # long (hours of CPU training), and re-running resumes. The runs stay in each
