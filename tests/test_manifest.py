@@ -162,3 +162,22 @@ def test_no_path_is_a_user_error(data_dir):
   with pytest.raises(errors.UserError, match='overrides'):
     pipeline.get_builder(ml_collections.ConfigDict(
         {'name': 'manifest/default', 'data_dir': data_dir, 'overrides': {}}))
+
+
+def test_encoding_extra_cells_nan_pixels_and_long_cells_are_told(tmp_path):
+  from mmfusion.data import manifest as manifest_lib
+  from mmfusion.runtime import errors as errors_lib
+  bad = tmp_path / 'latin1.csv'
+  bad.write_bytes(b'id,label,text\n1,a,fine\n2,b,caf\xe9\n')
+  with pytest.raises(errors_lib.UserError, match=r"is not UTF-8 text: line 3 "
+                     r"has the byte b'\\xe9'; save it as UTF-8\."):
+    manifest_lib.read_rows(str(bad))
+  wide = tmp_path / 'wide.csv'
+  wide.write_text('id,label,text\n1,a,hi,extra,cells\n2,b,' + 'x' * 200_000
+                  + '\n')
+  _, rows = manifest_lib.read_rows(str(wide))
+  assert rows[0] == (2, {'__error__': "2 more cells than the header's 3 "
+                                      "columns"})
+  assert len(rows[1][1]['text']) == 200_000
+  with pytest.raises(manifest_lib.MediaError, match='must be finite'):
+    manifest_lib.as_pixels(np.array([[0.5, np.nan]]))

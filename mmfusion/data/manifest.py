@@ -123,7 +123,9 @@ def as_pixels(x) -> np.ndarray:
   holds them); MediaError for anything else."""
   x = np.asarray(x)
   if np.issubdtype(x.dtype, np.floating):
-    if x.size and not 0 <= np.nanmin(x) <= np.nanmax(x) <= 1:
+    if not np.isfinite(x).all():
+      raise MediaError('float pixels must be finite (NaN or Inf found)')
+    if x.size and not 0 <= x.min() <= x.max() <= 1:
       raise MediaError('float pixels must lie in [0, 1]')
     x = np.rint(x * 255)
   elif not np.issubdtype(x.dtype, np.integer) or x.size and (
@@ -254,6 +256,18 @@ def read_rows(path: str, require_label: bool = True):
   if not os.path.isfile(path):
     raise errors.UserError(f'no manifest file at {path!r}; pass an existing '
                            f'.csv or .jsonl file as data.overrides.path.')
+  try:
+    return _read_rows(path, require_label)
+  except UnicodeDecodeError as e:
+    with open(path, 'rb') as f:
+      line = f.read()[:e.start].count(b'\n') + 1
+    raise errors.UserError(
+        f'the manifest {path!r} is not UTF-8 text: line {line} has the byte '
+        f'{e.object[e.start:e.start + 1]!r}; save it as UTF-8.') from None
+
+
+def _read_rows(path: str, require_label: bool):
+  csv.field_size_limit(2**31 - 1)  # long texts are cells like any other
   rows = []
   with open(path, newline='', encoding='utf-8-sig') as f:
     if path.endswith(('.jsonl', '.json')):
@@ -274,6 +288,10 @@ def read_rows(path: str, require_label: bool = True):
       reader = csv.DictReader(f)
       columns = list(reader.fieldnames or [])
       for row in reader:
+        extra = row.pop(None, None)  # cells past the header's columns
+        if extra:
+          row = {'__error__': f'{len(extra)} more cells than the header\'s '
+                              f'{len(columns)} columns'}
         rows.append((reader.line_num, row))
   if require_label and 'label' not in columns:
     raise errors.UserError(f'the manifest {path!r} has no label column; add '
