@@ -1,10 +1,10 @@
 r"""Soak: a run SIGKILLed many times at random moments ends as an uninterrupted one.
 
   python -m benchmarks.soak --target=main [--kills=20] [--total_steps=400] \
-      [--checkpoint_every=5] [--workdir=DIR] [--data_dir=DIR] \
+      [--checkpoint_every=5] [--workdir=DIR] [--tfds_dir=DIR] \
       [--out=benchmarks/SOAK.md]
   python -m benchmarks.soak --target=ablate [--kills=10] [--total_steps=150] \
-      [--seeds=2] [--sweep=model.fusion=concat,sum,late_logits] ...
+      [--ablate_seeds=2] [--ablate_sweep=model.fusion=concat,sum,late_logits] ...
 
 --target=main: `python -m mmfusion.main` on the tiny seed config of
 tests/helpers.py, once uninterrupted (WORKDIR/whole), then the same command
@@ -53,6 +53,7 @@ import time
 from absl import app, flags, logging
 
 from benchmarks import report
+from mmfusion.runtime import cli
 
 _TARGET = flags.DEFINE_enum('target', 'main', ['main', 'ablate'],
                             'What to kill: mmfusion.main or experiments.ablate.')
@@ -65,24 +66,20 @@ _EVAL = flags.DEFINE_integer('eval_every', None,
                              'config.eval_every (default: total_steps // 4).')
 _WRITE_FRACTION = flags.DEFINE_float(
     'write_fraction', 1 / 3, 'Share of the kills aimed at a checkpoint write.')
-_SEEDS = flags.DEFINE_integer('seeds', 2, '--target=ablate: its --seeds.')
-_SWEEP = flags.DEFINE_string('sweep', 'model.fusion=concat,sum,late_logits',
+_SEEDS = flags.DEFINE_integer('ablate_seeds', 2, '--target=ablate: its --seeds.')
+_SWEEP = flags.DEFINE_string('ablate_sweep', 'model.fusion=concat,sum,late_logits',
                              '--target=ablate: its --sweep.')
 _DEVICES = flags.DEFINE_integer('devices', 1, 'Fake CPU devices of each run.')
 _RNG_SEED = flags.DEFINE_integer(
-    'seed', None, 'Seed of the kill moments (default: a fresh one, printed).')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Where the two runs and the logs go (default: a new '
-    'temporary directory, kept). Must not hold an earlier soak.')
+    'kill_seed', None, 'Seed of the kill moments (default: a fresh one, printed).')
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data dir (default: WORKDIR/tfds); the tiny '
+    'tfds_dir', None, 'TFDS data dir (default: WORKDIR/tfds); the tiny '
     'dataset is built on first use.')
 _TIMEOUT = flags.DEFINE_integer('attempt_timeout', 900,
                                 'Seconds one attempt may run.')
 _ALONGSIDE = flags.DEFINE_bool(
     'alongside', False, 'Run the uninterrupted run at the same time as the '
     'first killed attempts (faster on a machine with cores to spare).')
-_OUT = flags.DEFINE_string('out', None, 'Markdown file to append the results to.')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARK = '.orbax-checkpoint-tmp'
@@ -663,7 +660,7 @@ def main(argv):
   kills = _KILLS.value if _KILLS.value is not None else (20 if is_main else 10)
   total = _TOTAL.value or (400 if is_main else 150)
   eval_every = _EVAL.value or max(total // 4, 1)
-  workdir = os.path.abspath(_WORKDIR.value or tempfile.mkdtemp(prefix='soak_'))
+  workdir = os.path.abspath(cli.WORKDIR.value or tempfile.mkdtemp(prefix='soak_'))
   data_dir = os.path.abspath(_DATA_DIR.value or os.path.join(workdir, 'tfds'))
   seed = _RNG_SEED.value if _RNG_SEED.value is not None else (
       random.SystemRandom().randrange(2**31))
@@ -674,7 +671,7 @@ def main(argv):
                     _SWEEP.value)
   command = ' '.join(['python -m benchmarks.soak'] + [
       shlex.quote(a) for a in sys.argv[1:]] + (
-          [] if _RNG_SEED.value is not None else [f'--seed={seed}']))
+          [] if _RNG_SEED.value is not None else [f'--kill_seed={seed}']))
   print(f'soak: {command}\nsoak: workdir {workdir}', flush=True)
   record, problems = soak(target, workdir, kills, _WRITE_FRACTION.value,
                           random.Random(seed), _DEVICES.value, _TIMEOUT.value,
@@ -682,8 +679,8 @@ def main(argv):
   text = markdown(target, record, problems, command,
                   _machine(load0, os.getloadavg()), kills)
   print(text, flush=True)
-  if _OUT.value:
-    with open(_OUT.value, 'a') as f:
+  if cli.OUT.value:
+    with open(cli.OUT.value, 'a') as f:
       f.write('\n' + text)
   print(f'soak: {"identical" if not problems else "DIFFERS"}; workdirs kept '
         f'in {workdir}', flush=True)

@@ -79,7 +79,8 @@ def test_every_command_line_tool_imports_into_one_process():
   together (a test suite, a notebook), so shared flags live in mmfusion.cli."""
   tools = ['mmfusion.main', 'mmfusion.cost', 'experiments.ablate',
            'benchmarks.run', 'benchmarks.loss_curve', 'benchmarks.whole_runs',
-           'benchmarks.op_profile']
+           'benchmarks.op_profile', 'benchmarks.soak', 'benchmarks.manifest_scale',
+           'mmfusion.predict', 'mmfusion.export']
   code = ''.join(f'import {t}\n' for t in tools)
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
