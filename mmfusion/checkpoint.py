@@ -79,7 +79,7 @@ class _OrbaxLogs(logging.Filter):
 
   def filter(self, record):
     return not ('/orbax/' in record.pathname or
-                record.getMessage().startswith('Task exception was never'))
+                'exception was never retrieved' in record.getMessage())
 
 
 for _name in ('absl', 'asyncio'):
