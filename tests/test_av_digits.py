@@ -100,9 +100,13 @@ def test_noisy_wrecks_one_or_two_modalities_per_example(noisy):
       hit[:, 2]])
 
 
-def test_video_speaks_each_digit_while_it_is_visible(data_dir):
-  builder = _built('video', data_dir, **TINY_VIDEO)
-  ex = _arrays(builder, 'train')
+@pytest.fixture(scope='module')
+def video(data_dir):
+  return _built('video', data_dir, **TINY_VIDEO)
+
+
+def test_video_speaks_each_digit_while_it_is_visible(video):
+  ex = _arrays(video, 'train')
   assert ex['video'].shape == (40, 8, 32, 32, 1) and ex['digits'].shape == (
       40, 2)
   np.testing.assert_array_equal(ex['label'], ex['sync'])
@@ -114,6 +118,21 @@ def test_video_speaks_each_digit_while_it_is_visible(data_dir):
   inside = ~(loud_BxT & ~visible_BxT).any(1)  # every loud frame visible
   assert inside[ex['sync'] == 1].all()
   assert inside[ex['sync'] == 0].mean() < 0.5
+
+
+def test_video_labels_are_the_set_of_digits_in_the_clip(video, noisy):
+  feature = video.info.features['labels']
+  assert feature.shape == (10,) and feature.np_dtype == np.bool_
+  assert video.target_names() == {'labels': (
+      'zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight',
+      'nine')}
+  assert noisy.target_names() == {} and 'labels' not in noisy.info.features
+  for split in ('train', 'test'):
+    ex = _arrays(video, split)
+    assert ex['labels'].dtype == np.bool_
+    for labels, digits in zip(ex['labels'], ex['digits']):
+      assert set(np.flatnonzero(labels)) == set(digits.tolist())
+  assert set(ex['labels'].sum(1)) <= {1, 2}
 
 
 def test_impossible_configs_are_user_errors(data_dir):

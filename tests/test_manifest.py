@@ -181,3 +181,110 @@ def test_encoding_extra_cells_nan_pixels_and_long_cells_are_told(tmp_path):
   assert len(rows[1][1]['text']) == 200_000
   with pytest.raises(manifest_lib.MediaError, match='must be finite'):
     manifest_lib.as_pixels(np.array([[0.5, np.nan]]))
+
+
+def _write_table(path, rows):
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def test_labels_and_target_columns_need_no_label_column(tmp_path, data_dir):
+  cells = [('cat|dog', '0.5', 'train'), ('', '-2', 'train'),
+           ('dog | owl', '1e3', 'train'), ('owl', '3', 'test')]
+  _write_table(tmp_path / 'm.csv', [
+      {'id': f'ex{i}', 'text': f'row {i}', 'age': i, 'labels': labels,
+       'score': score, 'split': split}
+      for i, (labels, score, split) in enumerate(cells)])
+  builder = _builder(data_dir, tmp_path / 'm.csv', targets=('score',))
+  pipeline.prepare(builder)
+  features = builder.info.features
+  assert set(features.keys()) == {'id', 'present', 'text', 'tabular',
+                                  'labels', 'target'}
+  assert features['labels'].shape == (3,)
+  assert features['labels'].np_dtype == np.bool_
+  assert features['target'].shape == (1,)
+  assert features['target'].np_dtype == np.float32
+  assert builder.target_names() == {'labels': ('cat', 'dog', 'owl'),
+                                    'target': ('score',)}
+  assert builder.numeric_columns() == ['age']  # the target is no input
+  source = builder.as_data_source(split='train')
+  examples = {ex['id'].decode(): ex for ex in (source[i] for i in range(3))}
+  for i, (labels, score, _) in enumerate(cells[:3]):
+    ex = examples[f'ex{i}']
+    assert ex['labels'].dtype == np.bool_ and ex['target'].dtype == np.float32
+    assert ex['labels'].tolist() == [n in labels for n in ('cat', 'dog', 'owl')]
+    assert ex['target'].tolist() == [float(score)]
+    assert ex['tabular'].tolist() == [float(i)]
+
+
+def test_jsonl_label_labels_and_two_targets(tmp_path, data_dir):
+  path = tmp_path / 'm.jsonl'
+  with open(path, 'w') as f:
+    for i in range(12):
+      f.write(json.dumps({'id': i, 'text': f'row {i}', 'label': 'ab'[i % 2],
+                          'labels': ['10', '2'][:i % 3], 'w': -i, 'y': i / 4,
+                          'split': 'train'}) + '\n')
+  builder = _builder(data_dir, path, targets=('y', 'w'))
+  pipeline.prepare(builder)
+  assert builder.info.features['label'].names == ['a', 'b']
+  assert builder.target_names() == {'labels': ('2', '10'),
+                                    'target': ('y', 'w')}
+  assert 'tabular' not in builder.info.features
+  source = builder.as_data_source(split='train')
+  for ex in (source[i] for i in range(12)):
+    i = int(ex['id'])
+    assert ex['label'] == i % 2
+    assert ex['labels'].tolist() == [i % 3 == 2, i % 3 >= 1]
+    assert ex['target'].tolist() == [i / 4, -i]
+
+
+def test_bad_labels_and_target_cells_are_bad_rows(tmp_path, data_dir):
+  cells = [('cat', '1'), ('cat|zebra', '2'), ('dog', 'abc'), ('dog', ''),
+           ('', 'nan'), ('dog|cat', 'inf')]
+  _write_table(tmp_path / 'm.csv', [
+      {'id': f'ex{i}', 'text': 'hi', 'labels': labels, 'score': score,
+       'split': 'train'} for i, (labels, score) in enumerate(cells)])
+  options = {'targets': ('score',), 'multilabel_classes': ('cat', 'dog')}
+  with pytest.raises(errors.UserError) as e:
+    pipeline.prepare(_builder(data_dir, tmp_path / 'm.csv', **options))
+  message = str(e.value)
+  assert '5 bad row(s)' in message and 'numeric lists' not in message
+  reasons = {3: "labels 'zebra' is not one of the classes (cat, dog)",
+             4: "target score 'abc' is not a real number",
+             5: 'no target score', 6: "target score 'nan' is not a real number",
+             7: "target score 'inf' is not a real number"}
+  for line, why in reasons.items():
+    assert f'line {line} ({why})' in message
+  builder = _builder(data_dir, tmp_path / 'm.csv', skip_bad_rows=True,
+                     **options)
+  pipeline.prepare(builder)
+  assert builder.info.splits['train'].num_examples == 1
+  with open(os.path.join(builder.data_dir, 'skipped_rows.tsv')) as f:
+    report = [r.split('\t') for r in f.read().splitlines()[1:]]
+  assert {int(n): why for n, _, why in report} == reasons
+
+
+@pytest.mark.parametrize('columns, overrides, message', [
+    (('id', 'text', 'age'), {}, 'has no label or labels column'),
+    (('id', 'label', 'age'), {'targets': ('score',)},
+     r"targets names \['score'\], which the manifest"),
+    (('id', 'label', 'age'), {'targets': ('label',)}, 'are reserved'),
+    (('id', 'label', 'age'), {'targets': ('age',), 'numeric': ('age',)},
+     'either an input or a target'),
+    (('id', 'labels', 'age'), {'labels': ('a', 'b')},
+     'labels lists classes, but .* has no label column'),
+    (('id', 'label', 'age'), {'multilabel_classes': ('a',)},
+     'has no labels column'),
+    (('id', 'labels', 'age'), {'multilabel_classes': ('a|b',)},
+     "without '|'"),
+    (('id', 'labels', 'split'), {}, r'no labelled train rows \(in its labels'),
+])
+def test_targets_that_cannot_work_are_one_sentence(tmp_path, data_dir, columns,
+                                                   overrides, message):
+  row = {'id': 'x', 'text': 'hi', 'age': '3', 'label': 'a', 'labels': '',
+         'split': 'train'}
+  _write_table(tmp_path / 'm.csv', [{k: row[k] for k in columns}])
+  with pytest.raises(errors.UserError, match=message):
+    _builder(data_dir, tmp_path / 'm.csv', **overrides)

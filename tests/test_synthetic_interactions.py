@@ -1,5 +1,7 @@
 """The synthetic_interactions builder: mechanisms, determinism, batches."""
 
+import hashlib
+
 import ml_collections
 import numpy as np
 import pytest
@@ -139,3 +141,106 @@ def test_modality_dropout_is_recorded_and_repeatable(data_dir):
     next(iter(pipeline.train_batches(
         source, batch_size=8, seed=0, modalities=('image',),
         modality_dropout={'audio': 0.5})))
+
+
+def test_classification_configs_keep_their_committed_bytes():
+  # Digest of the data of the first release; regression configs must not
+  # move a single draw of the classification ones.
+  h = hashlib.sha1()
+  for config in si.SyntheticInteractions.BUILDER_CONFIGS:
+    if config.latent != 'categorical':
+      continue
+    for split in range(3):
+      arrays = si.generate(config, split, 32)
+      for key in sorted(arrays):
+        h.update(arrays[key].tobytes())
+  assert h.hexdigest()[:16] == '6ece5fc8c88b1902'
+
+
+def _continuous(name, n=20_000):
+  config = {c.name: c for c in si.SyntheticInteractions.BUILDER_CONFIGS}[name]
+  return si.continuous_latents(config, n, np.random.default_rng(0))
+
+
+def _corr(a, b):
+  return abs(np.corrcoef(a, b)[0, 1])
+
+
+def _additive_r2(parts, y, degree=3):
+  """R^2 of the best sum of one polynomial per part: what late fusion fits."""
+  x_NxF = np.stack([np.ones_like(y)] + [p**k for p in parts
+                                         for k in range(1, degree + 1)], 1)
+  residual = y - x_NxF @ np.linalg.lstsq(x_NxF, y, rcond=None)[0]
+  return 1 - residual.var() / y.var()
+
+
+def test_regression_redundancy_and_uniqueness_targets():
+  y, u = _continuous('regression_redundancy_3mod')
+  assert 0.95 < y.var() < 1.05
+  for m in ('image', 'text', 'tabular'):
+    np.testing.assert_array_equal(u[m], y)
+  y, u = _continuous('regression_uniqueness_text')
+  np.testing.assert_array_equal(u['text'], y)
+  assert _corr(u['image'], y) < 0.03 and _corr(u['image']**2, y) < 0.03
+
+
+def test_regression_synergy_is_a_product_no_sum_of_modalities_fits():
+  two, three = ('image', 'text'), ('image', 'text', 'tabular')
+  for name, mods in (('regression_synergy', two),
+                     ('regression_synergy_3mod', three)):
+    y, u = _continuous(name)
+    np.testing.assert_allclose(y, np.prod([u[m] for m in mods], 0))
+    assert 0.9 < y.var() < 1.1
+    for m in mods:  # neither a latent nor its square says anything of y
+      assert _corr(u[m], y) < 0.06 and _corr(u[m]**2, y) < 0.06
+    assert _additive_r2([u[m] for m in mods], y) < 0.01
+
+
+def test_regression_mixture_draws_every_mechanism():
+  y, u = _continuous('regression_mixture', n=5000)
+  both = np.mean((u['image'] == y) & (u['text'] == y))
+  only_image = np.mean((u['image'] == y) & (u['text'] != y))
+  synergy = np.mean((u['image'] != y) & (u['text'] != y))
+  assert all(0.15 < f < 0.35 for f in (both, only_image, synergy))
+
+
+def _readout(config, n=3000):
+  """Least-squares readout per modality fitted where every latent is y."""
+  arrays = si.generate(config, 0, n)
+  y = arrays['target'][:, 0]
+  return {m: np.linalg.lstsq(arrays[m], y, rcond=None)[0]
+          for m, _ in config.modalities}
+
+
+def test_regression_views_see_their_latents_and_synergy_needs_both():
+  configs = {c.name: c for c in si.SyntheticInteractions.BUILDER_CONFIGS}
+  w = _readout(configs['regression_redundancy'])  # directions are shared
+  arrays = si.generate(configs['regression_synergy'], 2, 3000)
+  y = arrays['target'][:, 0].astype(np.float64)
+  u_image, u_text = arrays['image'] @ w['image'], arrays['text'] @ w['text']
+  assert _corr(u_image * u_text, y) > 0.8
+  assert _corr(u_image, y) < 0.1 and _corr(u_text, y) < 0.1
+  assert _additive_r2([u_image, u_text], y) < 0.02
+  arrays = si.generate(configs['regression_uniqueness_image'], 2, 3000)
+  y = arrays['target'][:, 0]
+  assert _corr(arrays['image'] @ w['image'], y) > 0.9
+  assert _corr(arrays['text'] @ w['text'], y) < 0.1
+
+
+def test_regression_build_has_a_float_target_and_no_label(data_dir):
+  builder = pipeline.get_builder(_config('regression_synergy', data_dir))
+  pipeline.prepare(builder)
+  features = builder.info.features
+  assert 'label' not in features and features['target'].shape == (1,)
+  assert features['target'].np_dtype == np.float32
+  assert builder.target_names() == {'target': ('y',)}
+  source = builder.as_data_source(split='validation')
+  assert source[0]['target'].shape == (1,)
+  assert source[0]['target'].dtype == np.float32
+  # TFDS shuffles the records: match them to the generated rows by image.
+  expected = si.generate(builder.builder_config, 1, TINY['num_validation'])
+  for example in (source[i] for i in range(len(source))):
+    row = np.flatnonzero((expected['image'] == example['image']).all(1))
+    np.testing.assert_array_equal(example['target'], expected['target'][row[0]])
+  classify = pipeline.get_builder(_config('synergy', data_dir))
+  assert classify.target_names() == {}

@@ -27,12 +27,19 @@ Configs:
          by >= 2 frames (0.5 s); both classes have the same distribution of
          frames and of audio on their own, so only the pair tells them apart.
          `digits` holds the sequence (`video_label='sequence'` makes it the
-         label instead, as one class of 10**num_digits).
+         label instead, as one class of 10**num_digits), and `labels` the
+         set of digits in the clip (multi-hot over the 10 digits), for a
+         multilabel task. Digits follow one another on screen and in the
+         track, never overlapping, so either stream alone holds the whole
+         set: for `labels` sight and sound are redundant, each imperfect
+         (real handwriting, held-out speakers), and fusing them helps as
+         two witnesses do, not because one needs the other.
 
 Features: clean/noisy: `image` uint8 [28, 28, 1], `audio` float32 [S], `text`
 int32 [L], `label` (digit), `corrupted` bool [3] (image, audio, text), `voice`
 int32 (index into `voice_names()`). video: `video` uint8 [T, F, F, 1],
-`audio` float32 [S], `label`, `digits` int32 [K], `sync` int32, `voice`.
+`audio` float32 [S], `label`, `digits` int32 [K], `labels` bool [10] (named
+by `target_names()`), `sync` int32, `voice`.
 
 Every field of `AvDigitsConfig` can be overridden (`data.overrides`), e.g.
 tiny sizes for tests. Building twice with the same config gives identical
@@ -336,15 +343,27 @@ def video_examples(c: AvDigitsConfig, split: str, n: int):
     label = sync if c.video_label == 'sync' else int(
         sum(int(d) * 10**(c.num_digits - 1 - k) for k, d in enumerate(digits)))
     yield key, {'video': video, 'audio': audio, 'label': label,
-                'digits': digits, 'sync': sync, 'voice': voice_ids[speaker]}
+                'digits': digits, 'labels': multi_hot(digits), 'sync': sync,
+                'voice': voice_ids[speaker]}
+
+
+def multi_hot(digits_K) -> np.ndarray:
+  """bool [10]: which digits occur in `digits_K`."""
+  labels = np.zeros(len(WORDS['en']), np.bool_)
+  labels[digits_K] = True
+  return labels
 
 
 # ----------------------------------------------------------------- Builder ---
 class AvDigits(tfds.core.GeneratorBasedBuilder):
   """Handwritten, spoken and written digits; clean, noisy or as video."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '1.1.0': 'video: `labels`, the digits of a clip as a multi-hot bool '
+               '[10]; every other feature unchanged.',
+  }
   BUILDER_CONFIGS = BUILDER_CONFIGS
 
   def _info(self):
@@ -358,6 +377,7 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
       features.update(
           video=tensor(shape=size, dtype=np.uint8),
           digits=tensor(shape=(c.num_digits,), dtype=np.int32),
+          labels=tensor(shape=(len(WORDS['en']),), dtype=np.bool_),
           sync=tensor(shape=(), dtype=np.int32),
           label=tfds.features.ClassLabel(names=['shifted', 'synchronous'])
           if c.video_label == 'sync' else
@@ -370,6 +390,12 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
           label=tfds.features.ClassLabel(names=WORDS['en']))
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features), supervised_keys=None)
+
+  def target_names(self) -> dict[str, tuple[str, ...]]:
+    """Names of the multi-hot `labels` (video only): the English words."""
+    if self.builder_config.kind == 'video':
+      return {'labels': WORDS['en']}
+    return {}
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything ships in pip packages: nothing to download.

@@ -13,7 +13,8 @@ or on the command line: `--config.data.name=manifest/default
 --config.data.overrides="{'path': '/abs/path/manifest.jsonl'}"`.
 
 The manifest has one example per row: a CSV file with a header row, or JSON
-Lines (one object per line). Columns, all optional but `label`:
+Lines (one object per line). Columns, all optional but one target (a `label`
+or `labels` column, or the columns `targets` names):
   id      unique name of the example (default: its line number)
   image   file: .npy (uint8, or float in [0, 1]; [H, W] or [H, W, C]),
           .pgm/.ppm (Netpbm), or .png/.jpg/.bmp if Pillow is installed
@@ -23,6 +24,11 @@ Lines (one object per line). Columns, all optional but `label`:
           `audio_samples`
   text    the text itself (UTF-8 byte tokens, cut to `text_length`)
   label   class name; the classes are `labels` or else those of train rows
+  labels  class names joined by `|` (`cat|dog`; empty: none; in JSONL also a
+          list), for multilabel tasks; the classes are `multilabel_classes`
+          or else those of train rows
+  targets the number columns that `targets` names (`targets=('score',)`),
+          for regression: the `target` feature, not part of `tabular`
   split   train, validation, test or another name (default: a hash of the
           id sends 80/10/10% to train/validation/test)
   others  numbers: the `tabular` feature, float32 [F] (or name them in
@@ -30,12 +36,14 @@ Lines (one object per line). Columns, all optional but `label`:
 Paths are relative to the manifest's folder (or absolute).
 
 Features: `image` uint8 [H, W, C], `audio` float32 [S], `text` int32 [L],
-`tabular` float32 [F] (those the manifest has), `label`, `id` (bytes) and
-`present` {modality: bool} (False only for cells left empty when
-`allow_missing`).
+`tabular` float32 [F], `label`, `labels` bool [C] (multi-hot), `target`
+float32 [R] (those the manifest has), `id` (bytes) and `present` {modality:
+bool} (False only for cells left empty when `allow_missing`);
+`target_names()` names the C classes of `labels` and the R `targets`.
 
 Bad rows (missing or unreadable file, wrong image shape, unknown or missing
-label, duplicate id, non-numeric number, empty cell) stop the build with one
+label, unknown class in labels, missing or non-numeric target, duplicate id,
+non-numeric number, empty cell) stop the build with one
 UserError that lists every bad row's line number and reasons. With
 `skip_bad_rows=True` they are left out instead, listed in `skipped_rows.tsv`
 in the dataset's folder and counted on stdout, at build and at every later
@@ -61,7 +69,8 @@ from mmfusion.data import speech
 from mmfusion.data import tokenizer
 
 MODALITIES = ('image', 'audio', 'text')
-RESERVED = ('id', 'label', 'split') + MODALITIES
+RESERVED = ('id', 'label', 'labels', 'split') + MODALITIES
+SEPARATOR = '|'  # between the class names of a `labels` cell
 REPORT = 'skipped_rows.tsv'
 FINGERPRINT = 'manifest.fingerprint'
 
@@ -75,8 +84,11 @@ class ManifestConfig(tfds.core.BuilderConfig):
   sample_rate: int = 16_000
   audio_samples: int = 16_000  # longer waves are cut, shorter zero-padded
   text_length: int = 64  # bytes
-  numeric: tuple[str, ...] | None = None  # None: every non-reserved column
-  labels: tuple[str, ...] = ()  # (): the labels of the train rows, sorted
+  numeric: tuple[str, ...] | None = None  # None: every other column
+  labels: tuple[str, ...] = ()  # `label` classes; (): the train rows', sorted
+  # `labels` classes (multi-hot); (): the train rows', sorted
+  multilabel_classes: tuple[str, ...] = ()
+  targets: tuple[str, ...] = ()  # number columns that are the `target` [R]
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   allow_missing: bool = False  # empty cell: modality absent, not a bad row
   skip_bad_rows: bool = False  # leave bad rows out (and report them)
@@ -309,6 +321,72 @@ def _ident(line, row):
   return _cell(row, 'id') or str(line)
 
 
+def _names(row) -> list[str]:
+  """The class names of a row's `labels` cell: 'a|b', or a JSON list."""
+  value = row.get('labels')
+  parts = value if isinstance(value, list) else _cell(row, 'labels').split(
+      SEPARATOR)
+  return [n for n in (str(p).strip() for p in parts) if n]
+
+
+def _real(text: str) -> float | None:
+  """The number a cell holds, or None unless it is a finite number."""
+  try:
+    x = float(text)
+  except ValueError:
+    return None
+  return x if math.isfinite(x) else None
+
+
+def _floats(values) -> np.ndarray:
+  """float32 [len(values)] of `_real` numbers, 0 for None (of a bad row)."""
+  return np.asarray([0.0 if x is None else x for x in values], np.float32)
+
+
+def _preview(names) -> str:
+  return ', '.join(names[:10]) + (', ...' if len(names) > 10 else '')
+
+
+def check_targets(path: str, columns, c: ManifestConfig):
+  """Fails with one sentence when the manifest has nothing to learn, or the
+  config names target columns or classes the manifest does not have."""
+  found = ', '.join(columns)
+  if not ({'label', 'labels'} & set(columns) or c.targets):
+    raise errors.UserError(
+        f'the manifest {path!r} has no label or labels column and '
+        f'data.overrides.targets names no column, so it has no target; add a '
+        f'label column (a class name), a labels column (class names joined '
+        f'by {SEPARATOR}), or name number columns in data.overrides.targets '
+        f'(columns found: {found}).')
+  reserved = [k for k in c.targets if k in RESERVED]
+  if reserved:
+    raise errors.UserError(
+        f'data.overrides.targets names {reserved}, which are not number '
+        f'columns ({", ".join(RESERVED)} are reserved); name number columns.')
+  missing = [k for k in c.targets if k not in columns]
+  if missing:
+    raise errors.UserError(
+        f'data.overrides.targets names {missing}, which the manifest {path!r} '
+        f'has no column of; its columns are: {found}.')
+  both = [k for k in c.numeric or () if k in c.targets]
+  if both:
+    raise errors.UserError(
+        f'data.overrides.numeric and data.overrides.targets both name {both}; '
+        f'a column is either an input or a target, so drop it from one.')
+  for option, column in (('labels', 'label'), ('multilabel_classes',
+                                                'labels')):
+    if getattr(c, option) and column not in columns:
+      raise errors.UserError(
+          f'data.overrides.{option} lists classes, but the manifest {path!r} '
+          f'has no {column} column; add one or drop the option.')
+  bad = [n for n in c.multilabel_classes if not n.strip() or SEPARATOR in n]
+  if bad:
+    raise errors.UserError(
+        f'data.overrides.multilabel_classes has {bad}: a class name must be '
+        f'non-empty and without {SEPARATOR!r}, which separates the names of a '
+        f'labels cell.')
+
+
 def _sort_labels(labels):
   """Numeric-looking labels sort by value ('2' < '10'), others as strings."""
   try:
@@ -320,8 +398,12 @@ def _sort_labels(labels):
 class Manifest(tfds.core.GeneratorBasedBuilder):
   """Examples listed in a user's CSV or JSONL manifest."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '1.1.0': '`labels` (multi-hot) and `target` (numbers) columns; `label` '
+               'optional when one of them is there.',
+  }
   BUILDER_CONFIGS = [ManifestConfig(
       name='default', description='Set data.overrides.path to your manifest.')]
 
@@ -330,19 +412,45 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     if not hasattr(self, '_rows'):
       c = self.builder_config
       self._path = os.path.abspath(c.path) if c.path else ''
-      columns, self._rows = read_rows(self._path)
+      columns, self._rows = read_rows(self._path, require_label=False)
+      check_targets(self._path, columns, c)
       self._modalities = [m for m in MODALITIES if m in columns]
+      self._targets = [str(k) for k in c.targets]
       self._numeric = list(c.numeric) if c.numeric is not None else [
-          k for k in columns if k not in RESERVED]
-      train = {_cell(r, 'label') for n, r in self._rows
-               if self._split_of(n, r) == 'train'} - {''}
-      self._labels = [str(v) for v in c.labels] or _sort_labels(train)
-      self._label_ids = {name: i for i, name in enumerate(self._labels)}
-      if not self._labels:
-        raise errors.UserError(
-            f'the manifest {self._path!r} has no labelled train rows; label '
-            f'some, or list the classes in data.overrides.labels.')
+          k for k in columns if k not in RESERVED + tuple(self._targets)]
+      train = [r for n, r in self._rows if self._split_of(n, r) == 'train']
+      self._labels = self._classes('label', c.labels, {
+          _cell(r, 'label') for r in train} - {''}, columns)
+      self._multilabel = self._classes('labels', c.multilabel_classes, {
+          n for r in train for n in _names(r)}, columns)
+      self._label_ids = {name: i for i, name in enumerate(self._labels or ())}
+      self._multilabel_ids = {name: i for i, name in enumerate(
+          self._multilabel or ())}
     return self._rows
+
+  def _classes(self, column, given, seen, columns):
+    """The classes of `column` (None without one): `given`, else `seen`."""
+    if column not in columns:
+      return None
+    classes = [str(v) for v in given] or _sort_labels(seen)
+    if not classes:
+      option = 'labels' if column == 'label' else 'multilabel_classes'
+      raise errors.UserError(
+          f'the manifest {self._path!r} has no labelled train rows (in its '
+          f'{column} column); label some, or list the classes in '
+          f'data.overrides.{option}.')
+    return classes
+
+  def target_names(self) -> dict[str, tuple[str, ...]]:
+    """{'labels': the C classes, 'target': the R target columns}, of those
+    the manifest has."""
+    self._read()
+    names = {}
+    if self._multilabel is not None:
+      names['labels'] = tuple(self._multilabel)
+    if self._targets:
+      names['target'] = tuple(self._targets)
+    return names
 
   def numeric_columns(self) -> list[str]:
     """The number columns, in the order of the `tabular` feature."""
@@ -369,15 +477,29 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     problems, ex = [], {'present': {}}
     if '__error__' in row:
       raise _BadRow(row['__error__'])
-    label = _cell(row, 'label')
-    if not label:
-      problems.append('no label')
-    elif label not in self._label_ids:
-      problems.append(f'label {label!r} is not one of the classes '
-                      f'({", ".join(self._labels[:10])}'
-                      f'{", ..." if len(self._labels) > 10 else ""})')
-    else:
-      ex['label'] = self._label_ids[label]
+    if self._labels is not None:
+      label = _cell(row, 'label')
+      if not label:
+        problems.append('no label')
+      elif label not in self._label_ids:
+        problems.append(f'label {label!r} is not one of the classes '
+                        f'({_preview(self._labels)})')
+      else:
+        ex['label'] = self._label_ids[label]
+    if self._multilabel is not None:
+      ex['labels'] = np.zeros(len(self._multilabel), np.bool_)
+      for name in _names(row):
+        if name in self._multilabel_ids:
+          ex['labels'][self._multilabel_ids[name]] = True
+        else:
+          problems.append(f'labels {name!r} is not one of the classes '
+                          f'({_preview(self._multilabel)})')
+    if self._targets:
+      values = [_real(_cell(row, k)) for k in self._targets]
+      problems += [f'target {k} {_cell(row, k)!r} is not a real number'
+                   if _cell(row, k) else f'no target {k}'
+                   for k, x in zip(self._targets, values) if x is None]
+      ex['target'] = _floats(values)
     split = self._split_of(line, row)
     if not re.fullmatch(r'[A-Za-z]\w*', split):
       problems.append(f'split {split!r} is not a name like train or test')
@@ -403,15 +525,10 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
       except MediaError as e:
         problems.append(f'{m} {_cell(row, m)!r}: {e}')
     if self._numeric:
-      values = []
-      for k in self._numeric:
-        try:
-          values.append(float(_cell(row, k)))
-          if not math.isfinite(values[-1]):
-            raise ValueError
-        except ValueError:
-          problems.append(f'{k} {_cell(row, k)!r} is not a finite number')
-      ex['tabular'] = np.asarray(values, np.float32)
+      values = [_real(_cell(row, k)) for k in self._numeric]
+      problems += [f'{k} {_cell(row, k)!r} is not a finite number'
+                   for k, x in zip(self._numeric, values) if x is None]
+      ex['tabular'] = _floats(values)
     if problems:
       raise _BadRow('; '.join(problems))
     ex['id'] = _ident(line, row)
@@ -457,9 +574,16 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     self._read()
     tensor = tfds.features.Tensor
     features = {'id': tfds.features.Text(),
-                'label': tfds.features.ClassLabel(names=self._labels),
                 'present': {m: tensor(shape=(), dtype=np.bool_)
                             for m in self._modalities}}
+    if self._labels is not None:
+      features['label'] = tfds.features.ClassLabel(names=self._labels)
+    if self._multilabel is not None:
+      features['labels'] = tensor(shape=(len(self._multilabel),),
+                                  dtype=np.bool_)
+    if self._targets:
+      features['target'] = tensor(shape=(len(self._targets),),
+                                  dtype=np.float32)
     if 'image' in self._modalities:
       features['image'] = tensor(shape=(*c.image_size, c.image_channels),
                                  dtype=np.uint8)
@@ -479,8 +603,9 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     good, bad = self._scan()
     if bad and not self.builder_config.skip_bad_rows:
       listed = '; '.join(f'line {n} ({why})' for n, _, why in bad)
-      hint = (' (columns other than id, label, split and the modalities are '
-              'numbers unless data.overrides.numeric lists which are)'
+      hint = (' (columns other than id, label, labels, split, the modalities '
+              'and the targets are numbers unless data.overrides.numeric '
+              'lists which are)'
               if any('finite number' in why for _, _, why in bad) else '')
       raise errors.UserError(
           f'the manifest {self._path!r} has {len(bad)} bad row(s): {listed}; '

@@ -15,16 +15,33 @@ and the mechanism decides how the latents and the label y relate:
                                                           modality alone knows)
     mixture          each example draws one of the above by `weights`
 
-Prototypes are shared by all splits; every split has its own seed, so building
-twice gives the same files.
+The `regression_*` configs (`latent='continuous'`) have the same structure with
+a Gaussian latent u_m ~ N(0, 1) per modality, seen along a fixed direction,
+
+    x_m = a_m u_m + noise * eps,   a_m ~ N(0, I_{d_m}),
+
+and a float `target` y (variance 1) in place of the label:
+
+    redundancy       s ~ N(0, 1), every u_m = s, y = s
+    uniqueness_<m>   s ~ N(0, 1), u_m = s, the others ~ N(0, 1), y = s
+    synergy          u_m ~ N(0, 1), y = prod_m u_m   (E[y | u_m] = 0 for every
+                                                     m: no modality alone, nor
+                                                     a sum of one prediction
+                                                     per modality, fits y)
+    mixture          each example draws one of the above by `weights`
+
+Prototypes and directions are shared by all splits; every split has its own
+seed, so building twice gives the same files.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 MECHANISMS = ('redundancy', 'uniqueness', 'synergy', 'mixture')
+LATENTS = ('categorical', 'continuous')
 TWO_MODALITIES = (('image', 100), ('text', 50))
 THREE_MODALITIES = TWO_MODALITIES + (('tabular', 20),)
 
@@ -33,6 +50,8 @@ THREE_MODALITIES = TWO_MODALITIES + (('tabular', 20),)
 class SyntheticInteractionsConfig(tfds.core.BuilderConfig):
   """One interaction mechanism over named Gaussian modalities."""
   mechanism: str = 'redundancy'
+  # 'categorical': a `label` of num_classes; 'continuous': a float `target`.
+  latent: str = 'categorical'
   unique_modality: str | None = None  # the informative one, for uniqueness
   modalities: tuple[tuple[str, int], ...] = TWO_MODALITIES  # (name, dim)
   num_classes: int = 10
@@ -63,13 +82,30 @@ def _named_configs():
     configs.append(SyntheticInteractionsConfig(
         name='mixture' + suffix, mechanism='mixture', modalities=mods,
         description='Equal mixture of redundancy, each uniqueness, synergy.'))
+  for mods, suffix in ((TWO_MODALITIES, ''), (THREE_MODALITIES, '_3mod')):
+    names = [m for m, _ in mods]
+    regression = functools.partial(SyntheticInteractionsConfig,
+                                   latent='continuous', modalities=mods)
+    configs.append(regression(
+        name='regression_redundancy' + suffix, mechanism='redundancy',
+        description=f'Target = the latent shared by all of {names}.'))
+    for m in names:
+      configs.append(regression(
+          name=f'regression_uniqueness_{m}{suffix}', mechanism='uniqueness',
+          unique_modality=m, description=f'Target = the latent of {m}.'))
+    configs.append(regression(
+        name='regression_synergy' + suffix, mechanism='synergy',
+        description=f'Target = product of the latents of {names}.'))
+    configs.append(regression(
+        name='regression_mixture' + suffix, mechanism='mixture',
+        description='Equal mixture of redundancy, each uniqueness, synergy.'))
   return configs
 
 
-def latents(config: SyntheticInteractionsConfig, n: int, rng):
-  """Labels [n] and one latent per modality, each [n], for `n` examples."""
+def _mechanism_ids(config: SyntheticInteractionsConfig, n: int, rng):
+  """[(mechanism, unique modality)] and which one each of `n` examples uses
+  (a draw from `rng` only for a mixture)."""
   names = [m for m, _ in config.modalities]
-  c = config.num_classes
   per_mechanism = [('redundancy', None)] + [('uniqueness', m) for m in names]
   per_mechanism += [('synergy', None)]
   if config.mechanism == 'mixture':
@@ -78,6 +114,14 @@ def latents(config: SyntheticInteractionsConfig, n: int, rng):
   else:
     choice = np.full(n, per_mechanism.index(
         (config.mechanism, config.unique_modality)))
+  return per_mechanism, choice
+
+
+def latents(config: SyntheticInteractionsConfig, n: int, rng):
+  """Labels [n] and one latent per modality, each [n], for `n` examples."""
+  names = [m for m, _ in config.modalities]
+  c = config.num_classes
+  per_mechanism, choice = _mechanism_ids(config, n, rng)
   y = rng.integers(0, c, n)
   z = {m: rng.integers(0, c, n) for m in names}
   synergy_y = sum(z.values()) % c
@@ -91,16 +135,41 @@ def latents(config: SyntheticInteractionsConfig, n: int, rng):
   return y, z
 
 
+def continuous_latents(config: SyntheticInteractionsConfig, n: int, rng):
+  """Targets [n] and one N(0, 1) latent per modality, each [n]."""
+  names = [m for m, _ in config.modalities]
+  per_mechanism, choice = _mechanism_ids(config, n, rng)
+  s = rng.standard_normal(n)
+  u = {m: rng.standard_normal(n) for m in names}
+  y = np.prod([u[m] for m in names], axis=0)
+  for k, (mech, unique) in enumerate(per_mechanism):
+    rows = choice == k
+    for m in names:
+      if mech == 'redundancy' or (mech == 'uniqueness' and m == unique):
+        u[m] = np.where(rows, s, u[m])
+    if mech != 'synergy':
+      y = np.where(rows, s, y)
+  return y, u
+
+
 def generate(config: SyntheticInteractionsConfig, split_index: int, n: int):
-  """Arrays of one split: {modality: float32 [n, d_m], 'label': int64 [n]}."""
+  """Arrays of one split: {modality: float32 [n, d_m]} and 'label' int64 [n]
+  (categorical latents) or 'target' float32 [n, 1] (continuous)."""
   proto_rng = np.random.default_rng([config.seed, 0])
-  prototypes = {m: proto_rng.standard_normal((config.num_classes, d))
-                for m, d in config.modalities}
   rng = np.random.default_rng([config.seed, 1 + split_index])
-  y, z = latents(config, n, rng)
-  out = {'label': y.astype(np.int64)}
+  if config.latent == 'continuous':
+    directions = {m: proto_rng.standard_normal(d) for m, d in config.modalities}
+    y, u = continuous_latents(config, n, rng)
+    means = {m: u[m][:, None] * directions[m] for m, _ in config.modalities}
+    out = {'target': y[:, None].astype(np.float32)}
+  else:
+    prototypes = {m: proto_rng.standard_normal((config.num_classes, d))
+                  for m, d in config.modalities}
+    y, z = latents(config, n, rng)
+    means = {m: prototypes[m][z[m]] for m, _ in config.modalities}
+    out = {'label': y.astype(np.int64)}
   for m, d in config.modalities:
-    x = prototypes[m][z[m]] + config.noise * rng.standard_normal((n, d))
+    x = means[m] + config.noise * rng.standard_normal((n, d))
     out[m] = x.astype(np.float32)
   return out
 
@@ -108,6 +177,8 @@ def generate(config: SyntheticInteractionsConfig, split_index: int, n: int):
 def check(config: SyntheticInteractionsConfig):
   """Raises ValueError naming the first field that cannot work."""
   names = [m for m, _ in config.modalities]
+  if config.latent not in LATENTS:
+    raise ValueError(f'latent {config.latent!r} is not one of {LATENTS}')
   if config.mechanism not in MECHANISMS:
     raise ValueError(f'mechanism {config.mechanism!r} is not one of {MECHANISMS}')
   if config.mechanism == 'uniqueness' and config.unique_modality not in names:
@@ -121,7 +192,8 @@ def check(config: SyntheticInteractionsConfig):
 
 
 class SyntheticInteractions(tfds.core.GeneratorBasedBuilder):
-  """Gaussian modalities whose label is redundant, unique or synergistic."""
+  """Gaussian modalities whose label (or target) is redundant, unique or
+  synergistic."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
@@ -132,11 +204,21 @@ class SyntheticInteractions(tfds.core.GeneratorBasedBuilder):
     check(config)
     features = {m: tfds.features.Tensor(shape=(d,), dtype=np.float32)
                 for m, d in config.modalities}
-    features['label'] = tfds.features.ClassLabel(num_classes=config.num_classes)
+    if config.latent == 'continuous':
+      features['target'] = tfds.features.Tensor(shape=(1,), dtype=np.float32)
+    else:
+      features['label'] = tfds.features.ClassLabel(
+          num_classes=config.num_classes)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         homepage='https://arxiv.org/abs/2302.12247')
+
+  def target_names(self) -> dict[str, tuple[str, ...]]:
+    """Names of the `target` values: the y of the module docstring."""
+    if self.builder_config.latent == 'continuous':
+      return {'target': ('y',)}
+    return {}
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Synthesized on the spot: nothing to download.
