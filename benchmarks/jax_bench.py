@@ -28,7 +28,7 @@ class JaxRunner:
     self.batch_np = specs.make_batch(run.abstract_batch(spec.batch_size),
                                      self.num_classes, config)
     step = run.members.step(lambda s, b: train.train_step(
-        s, b, model=run.model, tx=run.tx,
+        s, b, model=run.model, task=run.task, tx=run.tx,
         accum_steps=config.grad_accum_steps))
     self.state = jax.jit(run.init)()
     self.batch = jax.device_put(self.batch_np)

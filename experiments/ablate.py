@@ -260,7 +260,7 @@ def _output_to(path):
 
 def train_all(runs, verbose: bool = False):
   """Trains every unfinished run, printing overall progress and an ETA."""
-  from mmfusion import train
+  from mmfusion import tasks, train
   from mmfusion.runtime import errors
   total = sum(len(r['seeds']) for r in runs)
   cells_total = len({r['cell']['name'] for r in runs})
@@ -296,9 +296,10 @@ def train_all(runs, verbose: bool = False):
     cells_done = cells_total - len({r['cell']['name'] for r in runs
                                     if not finished(r)})
     eta = trained_s / trained_seeds * (total - done)
+    metric = tasks.TASKS[summary.get('task', 'classification')].PRIMARY
     print(f'ablate: {done}/{total} runs, {cells_done}/{cells_total} cells '
-          f'done | {what}: {seconds:.1f} s, test accuracy '
-          f'{summary["test"]["accuracy"]:.4f} | elapsed '
+          f'done | {what}: {seconds:.1f} s, test {metric} '
+          f'{summary["test"][metric]:.4f} | elapsed '
           f'{_clock(time.perf_counter() - t_start)} | ETA {_clock(eta)}',
           flush=True)
 

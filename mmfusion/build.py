@@ -5,8 +5,9 @@ training, `mmfusion.cost`, the ablation reports, the benchmarks and
 `mmfusion.load`:
 
   config -> checked once (`check_config`)
-         -> data builder -> DataInfo (classes, input shapes, preprocessing)
-         -> model (kernels resolved), optimizer, members (config.vmap)
+         -> data builder -> DataInfo (targets, input shapes, preprocessing)
+         -> task (`tasks`) -> its model (kernels resolved), optimizer,
+            members (config.vmap)
          -> mesh, abstract train state and its shardings -> `Run.init_state`
 """
 
@@ -19,8 +20,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from mmfusion import fusion as fusion_lib
 from mmfusion import members as members_lib
-from mmfusion import models, schema, sharding
+from mmfusion import models, schema, sharding, tasks
 from mmfusion.data import info as info_lib
 from mmfusion.data import pipeline
 from mmfusion.runtime import errors
@@ -66,6 +68,9 @@ def check_config(config):
   after it trusts the config."""
   schema.check(config)
   models.check_config(config.model)
+  task = tasks.make(config.task)
+  task.check_fusion(config.model.fusion,
+                    fusion_lib.get_fusion(config.model.fusion).stage)
   members_lib.from_config(config)
   stray = sorted(set(config.data.modality_dropout) - set(config.data.modalities))
   if stray:
@@ -86,23 +91,28 @@ def check_config(config):
         f'{per_process}; pick a divisor.')
 
 
-def check_data(config, data: info_lib.DataInfo, train_examples: int):
-  """What the config asks of the data: a batch the training split can fill,
-  a best_metric the evaluation reports."""
+def check_best(config, task):
+  """best_metric must be a metric the task reports, best_mode its way up."""
+  direction = task.direction(config.best_metric)
+  if direction is None:
+    names = [m for m in task.METRICS if task.direction(m)]
+    raise errors.UserError(
+        f'best_metric={config.best_metric} is not a metric that task '
+        f'{task.name!r} reports on {config.data.name}; use one of '
+        f'{", ".join(names)}.')
+  if config.best_mode != direction:
+    raise errors.UserError(
+        f'best_mode={config.best_mode} keeps the worst {config.best_metric}; '
+        f'use best_mode={direction}.')
+
+
+def check_data(config, train_examples: int):
+  """What the config asks of the data: a batch the training split can fill."""
   if config.batch_size > train_examples:
     raise errors.UserError(
         f'batch_size={config.batch_size} is larger than the '
         f'{train_examples} training examples of {config.data.name}; pass '
         f'--config.batch_size={train_examples} or less.')
-  if config.best_metric == 'auroc' and data.num_classes != 2:
-    raise errors.UserError(
-        f'best_metric=auroc needs two classes but {config.data.name} has '
-        f'{data.num_classes}; use accuracy, macro_f1 or loss.')
-  if config.best_mode != ('min' if config.best_metric == 'loss' else 'max'):
-    raise errors.UserError(
-        f'best_mode={config.best_mode} keeps the worst {config.best_metric}; '
-        f'use best_mode='
-        f'{"min" if config.best_metric == "loss" else "max"}.')
 
 
 @dataclasses.dataclass
@@ -110,7 +120,8 @@ class Run:
   """A built run: what the loop, cost, reports, benchmarks and load share."""
   config: ml_collections.ConfigDict
   data: info_lib.DataInfo
-  model: models.MultimodalModel
+  task: tasks.base.Task
+  model: object  # the flax module the task builds (models.MultimodalModel)
   tx: optax.GradientTransformation
   members: members_lib.Members
   mesh: jax.sharding.Mesh
@@ -122,7 +133,8 @@ class Run:
 
   def batch_spec(self, batch_size: int | None = None) -> dict:
     """{key: (shape, dtype)} of a batch (default: one process's batch)."""
-    return self.data.batch_spec(batch_size or self.per_process_batch)
+    return self.data.batch_spec(batch_size or self.per_process_batch,
+                                self.task.TARGETS)
 
   def abstract_batch(self, batch_size: int | None = None) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, dtype)
@@ -167,14 +179,19 @@ def run(config, *, data: info_lib.DataInfo | None = None) -> Run:
   """Checks `config` and builds its run. With `data` (a saved DataInfo) the
   dataset is not opened: what `mmfusion.load` does with a workdir."""
   check_config(config)
+  task = tasks.make(config.task)
   builder = None
   if data is None:
     builder = pipeline.get_builder(config.data)
     pipeline.check_modalities(builder, config.data.modalities)
-    data = info_lib.from_builder(builder, config.data)
+    if task.stats:  # read off the train split
+      pipeline.prepare(builder)
+    data = info_lib.from_builder(builder, config.data, stats=task.stats)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  return Run(config=config, data=data,
-             model=models.from_config(config.model, data.num_classes),
+  task = tasks.bind(task, data, mesh)
+  check_best(config, task)
+  return Run(config=config, data=data, task=task, model=task.model(
+      config.model),
              tx=make_optimizer(config), members=members_lib.from_config(config),
              mesh=mesh, builder=builder)

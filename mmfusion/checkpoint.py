@@ -121,8 +121,11 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def _saved_config(self, step: int) -> dict:
-    return self.manager.restore(
+    config = self.manager.restore(
         step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    # Runs saved before tasks existed were classification runs.
+    config.setdefault('task', {'name': 'classification'})
+    return config
 
   def changes(self, config_dict: dict, step: int,
               allow_changed=()) -> list[tuple[str, object, object]]:

@@ -85,7 +85,7 @@ def report(config, batch_size: int | None = None) -> dict:
   model, members = run.model, run.members
   state = run.abstract_state()
   step = lambda k: members.step(lambda s, b: train.train_step(
-      s, b, model=model, tx=run.tx, accum_steps=k))
+      s, b, model=model, task=run.task, tx=run.tx, accum_steps=k))
   forward = members.apply(lambda p, b: model.apply({'params': p}, b)[0])
   train_step = compiled_cost(step(accum), state, spec, donate=0)
   if accum > 1:  # XLA counts a scan's body once: take the one-pass FLOPs
@@ -96,6 +96,11 @@ def report(config, batch_size: int | None = None) -> dict:
       'data': config.data.name,
       'modalities': list(config.data.modalities),
       'batch_size': batch_size,
+      'task': run.task.name,
+      'metric': run.task.PRIMARY,  # what the ablation report ranks by
+      'higher_is_better': run.task.direction(run.task.PRIMARY) == 'max',
+      'chance': run.task.chance(),
+      'num_outputs': run.task.num_outputs,
       'num_classes': run.data.num_classes,
       'members': members.size,
       'backend': jax.default_backend(),

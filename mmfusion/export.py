@@ -12,7 +12,8 @@ writes a new directory DIR with
 The model is exported with `kernels='flax'` (stock ops, every backend).
 Its inputs are the arrays `mmfusion.inference.preprocess` makes: one per
 modality and `present/<m>` (bool [b]); its outputs `probabilities` [b, C]
-and the embeddings, as `Model.apply_batch` gives them. Reloading needs JAX
+(a classification's; the run's task decides) and the embeddings, as
+`Model.apply_batch` gives them. Reloading needs JAX
 alone, no mmfusion:
 
   import jax
@@ -68,7 +69,9 @@ def signature(model, exported) -> dict:
       'call': 'jax.export.deserialize(bytes).call(inputs: dict) -> dict',
       'inputs': _described(inputs),
       'outputs': _described(outputs),
+      'task': model.task.name,
       'classes': list(model.classes),
+      'targets': {k: v['names'] for k, v in model.data.targets.items()},
       'modalities': list(model.data.modalities),
       'preprocessing': model.data.preprocessing,
       'data': model.data.name,

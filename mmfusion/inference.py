@@ -3,7 +3,8 @@
   model = mmfusion.load(workdir)  # the best checkpoint
   out = model.predict([{'image': 'cat.npy', 'text': 'a cat', 'age': 3},
                        {'audio': 'meow.wav'}])
-  out.labels, out.probabilities, out.embeddings['fused']
+  out.labels, out.probabilities, out.embeddings['fused']  # classification
+  out.outputs, out.rows()  # what the run's task predicts, for any task
 
 An example is a dict with one entry per modality it has, given raw, as the
 `manifest` builder reads it: `image` a file path (.npy, .pgm/.ppm, .png ...)
@@ -13,12 +14,16 @@ zero-padded); `text` a string (byte tokens) or token ids; `tabular` an array,
 or the manifest's number columns by name (`'age': 20`); any other modality an
 array of its training shape. A modality the example leaves out (or gives as
 None or '') is absent (`present/<m>` False), as in training. `id`, `label`
-and `split` are ignored, and any other key is an error.
+`split` and the targets (`labels`, a regression's target columns) are
+ignored, and any other key is an error.
 
 Preprocessing is the dataset's (`data_info.json`, written by training), so a
 raw example becomes exactly the arrays evaluation fed the model. A vmapped
 run (config.vmap.size = K > 1) loads all members by default and predicts the
-mean of their probabilities; `member=k` picks one. The model runs on one
+mean of their outputs; `member=k` picks one. What is predicted is the task's
+(`tasks`): class probabilities (classification), label probabilities
+(multilabel), values in the targets' units (regression), or the two towers'
+unit embeddings (contrastive, `embeddings['a']` and `['b']`). The model runs on one
 device with the kernels that the saved `model.kernels` resolves to here,
 jitted, in padded batches of at most `config.batch_size`.
 
@@ -42,7 +47,7 @@ from mmfusion.data import manifest
 from mmfusion.data import tokenizer
 from mmfusion.runtime import errors
 
-IGNORED = ('id', 'label', 'split')  # keys of a manifest row that are no input
+IGNORED = ('id', 'label', 'labels', 'split')  # keys of a row that are no input
 
 
 # -------------------------------------------------------------- Workdir ---
@@ -166,7 +171,9 @@ def _columns(data: info_lib.DataInfo) -> list[str]:
 
 def unknown_keys(data: info_lib.DataInfo, keys) -> list[str]:
   """The keys (columns) of `keys` that are no input of the model."""
-  known = set(data.modalities) | set(_columns(data)) | set(IGNORED)
+  targets = data.targets.get('target', {}).get('names', [])
+  known = (set(data.modalities) | set(_columns(data)) | set(IGNORED) |
+           set(targets))
   return [k for k in keys if k not in known]
 
 
@@ -295,12 +302,21 @@ def preprocess_all(data: info_lib.DataInfo, examples, root: str = '') -> dict:
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   """Outputs for N examples, in the order they were given."""
-  classes: tuple[str, ...]
-  probabilities: np.ndarray  # [N, C]; the members' mean for an ensemble
-  # 'fused' (absent for late fusion) and each modality: [N, D], or [N, K, D]
-  # for an ensemble (each member's own embedding).
+  task: object  # the run's task (`tasks`): what the outputs mean
+  outputs: dict  # the task's, [N, ...] each; the members' mean for an ensemble
+  # 'fused' (absent for late fusion), each modality, and for contrastive the
+  # towers 'a' and 'b': [N, D], or [N, K, D] for an ensemble (each member's).
   embeddings: dict
   ids: list
+
+  @property
+  def classes(self) -> tuple[str, ...]:
+    return tuple(self.task.data.classes)
+
+  @property
+  def probabilities(self) -> np.ndarray:
+    """[N, C] class (or label) probabilities."""
+    return self.outputs['probabilities']
 
   @property
   def predicted(self) -> np.ndarray:
@@ -313,28 +329,27 @@ class Predictions:
     return [self.classes[i] for i in self.predicted]
 
   def rows(self) -> list[dict]:
-    """One JSON-ready {'id', 'prediction', 'probabilities'} per example."""
-    return [{'id': i.item() if isinstance(i, np.generic) else i,
-             'prediction': label,
-             'probabilities': dict(zip(self.classes, map(float, p_C)))}
-            for i, label, p_C in zip(self.ids, self.labels,
-                                     self.probabilities)]
+    """One JSON-ready record per example: {'id', 'prediction', ...} as the
+    task writes it (classification: and 'probabilities' by class)."""
+    return self.task.rows(self.outputs, self.ids)
 
 
-def forward(module, params, batch, *, ensemble: bool) -> dict:
-  """Probabilities [B, C] and embeddings of one batch: a pure function of
+EMBEDDING = 'embedding/'
+
+
+def forward(module, task, params, batch, *, ensemble: bool) -> dict:
+  """The task's outputs and the embeddings of one batch: a pure function of
   the parameters ([K, ...] leaves when `ensemble`), jitted or exported."""
   def one(p):
-    logits_BxC, aux = module.apply({'params': p}, batch, train=False)
-    out = {'probabilities': jax.nn.softmax(logits_BxC.astype(jnp.float32))}
-    out.update({k: v for k, v in aux.items() if k.startswith('embedding/')})
-    return out
+    out, aux = module.apply({'params': p}, batch, train=False)
+    return {**task.outputs(out),
+            **{k: v for k, v in aux.items() if k.startswith(EMBEDDING)}}
   if not ensemble:
     return one(params)
   out = jax.vmap(one)(params)
-  probs_BxC = out.pop('probabilities').mean(0)
-  return {'probabilities': probs_BxC,
-          **{k: jnp.moveaxis(v, 0, 1) for k, v in out.items()}}  # [B, K, D]
+  embeddings = {k: jnp.moveaxis(out.pop(k), 0, 1)  # [B, K, D]
+                for k in list(out) if k.startswith(EMBEDDING)}
+  return {**task.mean_outputs(out), **embeddings}
 
 
 def _bucket(n: int, limit: int) -> int:
@@ -346,17 +361,18 @@ def _bucket(n: int, limit: int) -> int:
 class Model:
   """A trained model: its config, module, parameters and preprocessing.
 
-  `config` is the saved experiment, `module` the flax MultimodalModel,
+  `config` is the saved experiment, `task` its task, `module` the flax
+  module the task built (a MultimodalModel),
   `params` its parameters (with a leading member axis [K, ...] when
   `ensemble`), `data` the dataset's DataInfo (classes, input shapes,
   preprocessing), `step` and `member` what was loaded, `batch_size` the
   most examples it runs at once (config.batch_size; may be changed).
   """
 
-  def __init__(self, config, module, params, data, *, step: int,
+  def __init__(self, config, task, module, params, data, *, step: int,
                member: int | None, ensemble: bool):
-    self.config, self.module, self.params, self.data = (config, module,
-                                                        params, data)
+    self.config, self.task, self.module = config, task, module
+    self.params, self.data = params, data
     self.step, self.member, self.ensemble = step, member, ensemble
     self.classes = tuple(data.classes)
     self.batch_size = int(config.batch_size)
@@ -364,20 +380,20 @@ class Model:
 
   def forward(self, params, batch) -> dict:
     """`forward` of this model: outputs of one batch in the batch contract."""
-    return forward(self.module, params, batch, ensemble=self.ensemble)
+    return forward(self.module, self.task, params, batch,
+                   ensemble=self.ensemble)
 
   def input_spec(self, batch_size: int) -> dict:
     """{key: (shape, dtype)} of the batches `apply_batch` runs: each modality
-    and `present/<m>` (a `label` is not needed)."""
-    spec = self.data.batch_spec(batch_size)
-    spec.pop('label')
-    return spec
+    and `present/<m>` (no target is needed)."""
+    return self.data.batch_spec(batch_size, targets=())
 
   def _checked(self, batch: Mapping) -> dict:
     """`batch` as numpy arrays of the model's inputs, `present/<m>` True
     where it is not given; one sentence for a batch that does not fit."""
     spec = self.input_spec(1)
-    extra = sorted(set(batch) - set(spec) - {'label', 'valid', 'id'})
+    extra = sorted(set(batch) - set(spec) - set(info_lib.TARGETS) -
+                   {'valid', 'id'})
     missing = [m for m in self.data.modalities if m not in batch]
     if extra or missing:
       has = (f'has {", ".join(extra)}' if extra else
@@ -385,7 +401,7 @@ class Model:
       raise errors.UserError(
           f'the batch {has}, but the model takes '
           f'{", ".join(self.data.modalities)} and present/<m>; pass exactly '
-          f'those keys (and label, valid or id if you like).')
+          f'those keys (and targets, valid or id if you like).')
     n = len(batch[self.data.modalities[0]])
     out = {}
     for key, (shape, dtype) in spec.items():
@@ -400,8 +416,9 @@ class Model:
 
   def apply_batch(self, batch: Mapping) -> dict:
     """Outputs (numpy) for a batch in the pipeline's contract, of any size:
-    `probabilities` [B, C] and `embedding/<m>`, `embedding/fused` ([B, D],
-    or [B, K, D] for an ensemble). Runs in padded batches."""
+    the task's (classification: `probabilities` [B, C]) and `embedding/<m>`,
+    `embedding/fused` ([B, D], or [B, K, D] for an ensemble). Runs in
+    padded batches."""
     batch = self._checked(batch)
     n = len(batch[f'present/{self.data.modalities[0]}'])
     if n == 0:
@@ -420,13 +437,15 @@ class Model:
   def predictions(self, outputs: dict, ids) -> Predictions:
     """`apply_batch`'s outputs as Predictions of the examples `ids`."""
     return Predictions(
-        classes=self.classes, probabilities=outputs['probabilities'],
-        embeddings={k.split('/', 1)[1]: v for k, v in outputs.items()
-                    if k.startswith('embedding/')}, ids=list(ids))
+        task=self.task,
+        outputs={k: v for k, v in outputs.items()
+                 if not k.startswith(EMBEDDING)},
+        embeddings={k[len(EMBEDDING):]: v for k, v in outputs.items()
+                    if k.startswith(EMBEDDING)}, ids=list(ids))
 
   def predict(self, examples, *, root: str = '') -> Predictions:
-    """Class probabilities and embeddings of raw `examples` (a list of dicts,
-    see the module docstring); relative paths are taken from `root`."""
+    """The task's outputs and the embeddings of raw `examples` (a list of
+    dicts, see the module docstring); relative paths are taken from `root`."""
     if isinstance(examples, Mapping):
       raise errors.UserError(
           'predict takes a list of examples (dicts), not one dict; wrap it '
@@ -458,6 +477,6 @@ def load(workdir: str, checkpoint='best', member: int | None = None, *,
   ensemble = member is None and size > 1
   params = params_K if ensemble else jax.tree.map(
       lambda x: x[member or 0], params_K)
-  return Model(config, run.model, params, run.data, step=step, member=member,
-               ensemble=ensemble)
+  return Model(config, run.task, run.model, params, run.data, step=step,
+               member=member, ensemble=ensemble)
 

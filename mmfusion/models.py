@@ -1,17 +1,19 @@
-"""One model class: encoders -> fusion -> task head, assembled from the config.
+"""One model class: encoders -> fusion -> head, assembled from the config.
 
 The fusion registry entry decides the assembly:
   early         inputs -> early fusion -> one shared encoder -> head
   intermediate  per-modality encoder -> fusion -> head
   late          per-modality encoder -> per-modality head -> fusion of logits
 
-`aux` holds what a user of the trained model may want besides the logits:
+The head has the width the run's task asks for (`tasks`: classes, labels,
+targets or a projection), so `out_BxO` are logits for classification.
+`aux` holds what a user of the trained model may want besides the outputs:
 `embedding/<m>` (each encoder's tokens, mean-pooled over the real ones), and
 `embedding/fused` (the fusion module's output, or for early fusion the shared
 encoder's pooled tokens); late fusion adds `<m>/logits` and has no fused
 embedding.
 
-Shape legend: B batch, T tokens, D width, C classes.
+Shape legend: B batch, T tokens, D width, O head outputs.
 Modalities are visited in sorted order, as JAX visits dict keys.
 """
 
@@ -33,7 +35,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
 
 
-def _present(batch, m):
+def present_of(batch, m):
   """[B] bool presence of modality `m`; a batch without the key has it all."""
   key = f'present/{m}'
   if key in batch:
@@ -48,10 +50,10 @@ def _zero_absent(x, present_B):
 
 
 class MultimodalModel(nn.Module):
-  """Encoders, one fusion module and a head; returns (logits_BxC, aux)."""
+  """Encoders, one fusion module and a head; returns (out_BxO, aux)."""
   encoders: Mapping[str, Mapping[str, Any]]  # modality -> {'name': ..., opts}
   fusion: str
-  num_classes: int
+  num_outputs: int  # the head's width, set by the task
   fusion_kwargs: Mapping[str, Any] = None
   early_encoder: Mapping[str, Any] = None  # the shared encoder of `early`
   head_hidden: tuple[int, ...] = ()
@@ -77,13 +79,13 @@ class MultimodalModel(nn.Module):
         dtype=self.dtype, kernels=self.kernels)
 
   def _head(self, name):
-    return heads.Head(self.num_classes, self.head_hidden, self.dtype,
+    return heads.Head(self.num_outputs, self.head_hidden, self.dtype,
                       name=name)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
     modalities = sorted(self.encoders)
-    present = {m: _present(batch, m) for m in modalities}
+    present = {m: present_of(batch, m) for m in modalities}
     inputs = {m: _zero_absent(batch[m], present[m]) for m in modalities}
     stage = fusion_lib.get_fusion(self.fusion).stage
     aux = {}
@@ -135,13 +137,17 @@ def check_config(model_config):
                               kernels_lib.CHOICES)
 
 
-def from_config(model_config, num_classes: int) -> MultimodalModel:
-  """The model that a checked `config.model` describes, for `num_classes`
-  classes; `model.kernels` is resolved here, once."""
+def from_config(model_config, num_outputs: int,
+                modalities=None) -> MultimodalModel:
+  """The model that a checked `config.model` describes, with a head of
+  `num_outputs`, over `modalities` (default: every encoder's);
+  `model.kernels` is resolved here, once."""
+  encoders = {m: dict(c) for m, c in model_config.encoders.items()
+              if modalities is None or m in modalities}
   return MultimodalModel(
-      encoders={m: dict(c) for m, c in model_config.encoders.items()},
+      encoders=encoders,
       fusion=model_config.fusion,
-      num_classes=num_classes,
+      num_outputs=num_outputs,
       fusion_kwargs=dict(model_config.fusion_kwargs),
       early_encoder=dict(model_config.early_encoder),
       head_hidden=tuple(model_config.head_hidden),

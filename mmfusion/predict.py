@@ -10,8 +10,12 @@ folder), `text`, the number columns the model was trained on; an empty cell
 leaves that modality out. Rows are read and checked as the `manifest`
 builder does and preprocessed as training did (`mmfusion.inference`).
 
-The output has one JSON line per row, in input order: {"id", "prediction",
-"probabilities": {class name: p}}. `--embeddings` saves the fused embedding
+The output has one JSON line per row, in input order, as the run's task
+writes it: classification {"id", "prediction", "probabilities": {class
+name: p}}, multilabel the same with "prediction" the labels at p >= 0.5,
+regression {"id", "prediction": {target: value}}, contrastive {"id",
+"present": {"a", "b"}} (its embeddings go to --embeddings: .npz, or .npy
+of both towers side by side). `--embeddings` saves the fused embedding
 of every row written ([N, D], [N, K, D] for the members of a vmapped run;
 late fusion, which has none: the modalities' embeddings side by side), or
 all embeddings by name in a .npz file. Bad rows stop the command with one
@@ -142,6 +146,8 @@ def _embeddings(predictions, path: str):
     np.savez(path, **emb)
   elif 'fused' in emb:
     np.save(path, emb['fused'])
+  elif 'a' in emb and 'b' in emb:  # contrastive: the two towers
+    np.save(path, np.concatenate([emb['a'], emb['b']], axis=-1))
   else:
     np.save(path, np.concatenate([emb[m] for m in sorted(emb)], axis=-1))
 

@@ -125,7 +125,8 @@ KEYS: dict[str, Check] = {
     'fsdp_min_size': integer(0),
     'grad_accum_steps': POSITIVE,
     'keep_checkpoints': POSITIVE,
-    'best_metric': choice('accuracy', 'macro_f1', 'loss', 'auroc'),
+    'task': module,
+    'best_metric': text,  # one the task reports (build.check_best)
     'best_mode': choice('max', 'min'),
     'vmap.size': POSITIVE,
     'vmap.key': choice('seed', 'optimizer.learning_rate'),
@@ -175,7 +176,7 @@ OVERRIDABLE = frozenset({
 # Dict-valued keys whose contents are checked by their own owners (a
 # module's options by the registry, data overrides by the builder).
 _OPAQUE = ('data.overrides', 'data.modality_dropout', 'model.fusion_kwargs',
-           'model.encoders', 'model.early_encoder')
+           'model.encoders', 'model.early_encoder', 'task')
 
 
 UNKNOWN = 'absent'  # what a key nothing reads must be

@@ -24,11 +24,6 @@ from mmfusion.data import pipeline
 from mmfusion.runtime import errors, files, preemption, reporting
 
 
-def cross_entropy(logits_BxC, label_B):
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxC, label_B).mean()
-
-
 def grad_norms(grads) -> dict:
   """Global gradient norm and one per model part (`grad_norm/encoder_text`)."""
   out = {'grad_norm': optax.tree.norm(grads)}
@@ -37,8 +32,10 @@ def grad_norms(grads) -> dict:
   return out
 
 
-def train_step(state: build.TrainState, batch, *, model, tx, accum_steps: int = 1):
-  """One AdamW update on `batch`; returns (new_state, metrics).
+def train_step(state: build.TrainState, batch, *, model, task, tx,
+               accum_steps: int = 1):
+  """One AdamW update on `batch`; returns (new_state, metrics): the task's
+  loss and train metric, and gradient norms.
 
   With `accum_steps` > 1 the batch is cut into that many micro-batches whose
   gradients are averaged (a scan, so memory is one micro-batch's).
@@ -46,33 +43,35 @@ def train_step(state: build.TrainState, batch, *, model, tx, accum_steps: int = 
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, micro, rng):
-    logits_BxC, _ = model.apply({'params': params}, micro, train=True,
-                                rngs={'dropout': rng})
-    correct = jnp.mean(logits_BxC.argmax(-1) == micro['label'])
-    return cross_entropy(logits_BxC, micro['label']), correct
+    out, _ = model.apply({'params': params}, micro, train=True,
+                         rngs={'dropout': rng})
+    return task.loss(out, micro)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    (loss, accuracy), grads = grad_fn(state.params, batch, dropout_rng)
+    (loss, shown), grads = grad_fn(state.params, batch, dropout_rng)
   else:
     micro = jax.tree.map(
         lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
     def accumulate(carry, xs):
       i, micro_batch = xs
-      (l, a), g = grad_fn(state.params, micro_batch,
+      (l, m), g = grad_fn(state.params, micro_batch,
                           jax.random.fold_in(dropout_rng, i))
-      return jax.tree.map(jnp.add, carry, (l, a, g)), None
+      return jax.tree.map(jnp.add, carry, (l, m, g)), None
 
-    zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, state.params))
-    (loss, accuracy, grads), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(accum_steps), micro))
-    loss, accuracy, grads = jax.tree.map(lambda x: x / accum_steps,
-                                         (loss, accuracy, grads))
+    zeros = jax.eval_shape(grad_fn, state.params,
+                           jax.tree.map(lambda x: x[0], micro), dropout_rng)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+    (loss, shown), grads = zeros
+    (loss, shown, grads), _ = jax.lax.scan(
+        accumulate, (loss, shown, grads), (jnp.arange(accum_steps), micro))
+    loss, shown, grads = jax.tree.map(lambda x: x / accum_steps,
+                                      (loss, shown, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
   params = optax.apply_updates(state.params, updates)
-  out = {'loss': loss, 'accuracy': accuracy, **grad_norms(grads)}
+  out = {'loss': loss, **shown, **grad_norms(grads)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), out
 
@@ -128,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise errors.UserError(
         f'{builder.info.full_name} has no split {missing}; its splits are '
         f'{list(builder.info.splits)} (fix data.extra_eval_splits).')
-  build.check_data(config, run.data, builder.info.splits['train'].num_examples)
+  build.check_data(config, builder.info.splits['train'].num_examples)
   abstract = run.sharded_abstract_state()
   start, state, data_state, changes = _resume_point(
       workdir, abstract, config_dict, allow_changed, start_over)
@@ -153,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       sources['train'], batch_size=run.per_process_batch, seed=config.seed,
       modalities=config.data.modalities, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      modality_dropout=config.data.modality_dropout))
+      modality_dropout=config.data.modality_dropout,
+      targets=run.task.TARGETS))
 
   # ------------------------------------------------- Model and its state ---
   state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
@@ -170,11 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batch_sharding = sharding.batch_sharding(mesh)
   update = jax.jit(
       members.step(lambda s, b: train_step(
-          s, b, model=run.model, tx=run.tx,
+          s, b, model=run.model, task=run.task, tx=run.tx,
           accum_steps=config.grad_accum_steps)),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_fn = jax.jit(evaluate.eval_fn(run.model, members),
+  eval_fn = jax.jit(evaluate.eval_fn(run.model, run.task, members),
                     in_shardings=(state_sharding.params, batch_sharding))
 
   # ----------------------------------------------------------------- Loop ---
@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = reporting.Progress(config.total_steps, config.batch_size, step)
   pending = []  # (step, device metrics) not yet checked and logged
   evaluate_split = lambda split, **kw: evaluate.evaluate(
-      eval_fn, state.params, sources[split], config, mesh, **kw)
+      eval_fn, state.params, sources[split], config, mesh, run.task, **kw)
 
   def flush():
     """Checks and logs `pending`; called before anything is saved."""
@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if fetched:
       progress.update(fetched[-1][0], {
           k: float(np.mean([m[k] for _, m in fetched]))
-          for k in ('loss', 'accuracy', 'grad_norm')})
+          for k in ('loss', run.task.TRAIN_METRIC, 'grad_norm')})
 
   print(f'Training from step {step} to {config.total_steps}.', flush=True)
   with preemption.Preemption() as preempt:
@@ -248,11 +248,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         for k, record in enumerate(
             members.records(config.optimizer.learning_rate))]
   summary.update(step=step, num_params=run.num_params(state.params),
-                 data=config.data.name, fusion=config.model.fusion,
+                 data=config.data.name, task=run.task.name,
+                 fusion=config.model.fusion,
                  best=best.record)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'results.json'), summary)
-    print(reporting.table({s: summary[s] for s in results}), flush=True)
+    print(reporting.table({s: summary[s] for s in results}, run.task.TABLE),
+          flush=True)
   return summary
 
 

@@ -21,10 +21,10 @@ from experiments.report import stats
 from tests.helpers import ROOT, TINY_DATA, subprocess_env
 
 
-def _ablate(workdir, data_dir, *flags):
+def _ablate(workdir, data_dir, *flags, variant='uniqueness_image'):
   return subprocess.run(
       [sys.executable, '-m', 'experiments.ablate', f'--workdir={workdir}',
-       '--config=mmfusion/configs/seed.py:uniqueness_image,runlocal',
+       f'--config=mmfusion/configs/seed.py:{variant},runlocal',
        f'--config.data.data_dir={data_dir}',
        f'--config.data.overrides={TINY_DATA!r}', '--config.batch_size=16',
        '--config.total_steps=8', '--config.eval_every=4',
@@ -84,6 +84,26 @@ def test_sweep_trains_reports_and_resumes_only_what_is_missing(tmp_path,
   assert json.loads((redo / 'results.json').read_text())['step'] == 8
   with open(workdir / 'results.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
+
+
+def test_a_regression_sweep_is_ranked_by_its_tasks_metric(tmp_path,
+                                                         data_dir):
+  workdir = tmp_path / 'ablation'
+  result = _ablate(workdir, data_dir, '--sweep=model.fusion=concat,late_logits',
+                   '--seeds=1', variant='regression_synergy')
+  assert result.returncode == 0, result.stderr
+  assert 'test mae' in result.stdout
+  report = (workdir / 'report.md').read_text()
+  assert '## Test mae' in report and 'lower is better' in report
+  assert (workdir / 'mae.png').stat().st_size > 0
+  with open(workdir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert {r['model.fusion'] for r in rows} == {'concat', 'late_logits'}
+  for r in rows:  # MAE under corruption starts from the clean test MAE
+    assert float(r['robust/gaussian_noise/all/s0']) == float(r['test/mae'])
+    assert 'shapley/image' not in r  # no chance value fixes v(no modality)
+    assert float(r['loo/image']) == pytest.approx(
+        float(r['test/mae']) - float(r['test/mae/text']))
 
 
 @pytest.mark.parametrize('flag, message', [

@@ -23,6 +23,7 @@ BAD = {
     'fsdp_min_size': (1.5, -1),
     'grad_accum_steps': ('2', 0),
     'keep_checkpoints': (3.0, 0),
+    'task': ('classification', {'name': 'nope'}),
     'best_metric': (1, 'precision'),
     'best_mode': (True, 'maximum'),
     'vmap.size': ('2', 0),
@@ -59,6 +60,7 @@ BAD_TOGETHER = {
     'vmap.values': (0.1, 0.2),  # with vmap.size 1 and key learning_rate
     'data.modality_dropout': {'audio': 0.5},  # not a modality of the run
     'data.extra_eval_splits': ('nope',),
+    'task': {'name': 'regression'},  # the data has no regression target
     'best_metric': 'auroc',  # 10 classes
     'best_mode': 'min',  # keeps the worst accuracy
     'data.modalities': ('image', 'audio'),  # the data has no audio

@@ -110,11 +110,12 @@ def _evaluated(config, workdir, splits, subdir='checkpoints'):
   ckpt = checkpoint.Checkpointer(workdir, subdir=subdir)
   state, _ = ckpt.restore(ckpt.latest_step(), run.sharded_abstract_state())
   ckpt.close()
-  fn = jax.jit(evaluate.eval_fn(run.model, run.members))
+  fn = jax.jit(evaluate.eval_fn(run.model, run.task, run.members))
   sources = {s: run.builder.as_data_source(split=s) for s in splits}
-  return {s: (evaluate.predictions(fn, state.params, source, config,
-                                   run.mesh), source)
-          for s, source in sources.items()}
+  probabilities = lambda source: np.stack([o['probabilities'] for o in (
+      evaluate.predictions(fn, state.params, source, config, run.mesh,
+                           run.task))])
+  return {s: (probabilities(source), source) for s, source in sources.items()}
 
 
 def _inputs(row):

@@ -18,7 +18,9 @@ import optax
 import pytest
 
 from mmfusion.configs import seed as seed_config
-from mmfusion import build, fusion, models, train
+from mmfusion import build, fusion, models, tasks, train
+
+TASK = tasks.classification.Classification()  # its loss needs no data
 
 B, C = 4, 3
 WIDTHS = {'image': 12, 'text': 6, 'tabular': 5}
@@ -102,10 +104,11 @@ def run_case(name: str, n: int, steps: int = 3):
     logits16_BxC, _ = model16.apply({'params': state.params}, batch)
     input_grads = {}
     if name == 'early':  # one shared encoder: check each input reaches it
-      input_grads = jax.grad(lambda xs: train.cross_entropy(
-          forward({**batch, **xs}), batch['label']))({m: batch[m] for m in names})
+      input_grads = jax.grad(lambda xs: TASK.loss(
+          forward({**batch, **xs}), batch)[0])({m: batch[m] for m in names})
     # steps + 1 calls: the last one's loss is after `steps` updates.
-    step = lambda s, _: train.train_step(s, batch, model=model, tx=tx)
+    step = lambda s, _: train.train_step(s, batch, model=model, task=TASK,
+                                         tx=tx)
     _, metrics = jax.lax.scan(step, state, length=steps + 1)
     return logits_3xBxC, logits16_BxC, input_grads, metrics
 
@@ -145,7 +148,7 @@ def test_fusion_in_a_model(name, n):
 
 
 def test_seed_model_forward():
-  model = models.from_config(seed_config.get_config().model, num_classes=10)
+  model = models.from_config(seed_config.get_config().model, num_outputs=10)
   batch = {'image': np.ones((1, 100), np.float32),
            'text': np.ones((1, 50), np.float32)}
   (logits_1x10, _), _ = jax.jit(model.init_with_output)(

@@ -151,7 +151,7 @@ AV_DIGITS_ARGS = ('', 'clean', 'video', 'audio', 'image+text', 'audio,runlocal',
 def test_packaged_configs_build(get_config, arg):
   config = get_config(arg)
   models.check_config(config.model)
-  models.from_config(config.model, num_classes=10)
+  models.from_config(config.model, num_outputs=10)
 
 
 def test_main_fails_in_one_sentence_on_a_wrong_type(tmp_path, data_dir):

@@ -58,7 +58,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data_dir):
 def _remat_calls(config) -> int:
   """Checkpointed (remat) calls in the traced train step of `config`."""
   run = build.run(config)
-  step = lambda st, b: train.train_step(st, b, model=run.model, tx=run.tx)
+  step = lambda st, b: train.train_step(st, b, model=run.model, task=run.task,
+                                          tx=run.tx)
   jaxpr = jax.make_jaxpr(step)(run.abstract_state(), run.abstract_batch(16))
   return sum(e.primitive.name.startswith(('remat', 'checkpoint'))
              for e in jaxpr.jaxpr.eqns)

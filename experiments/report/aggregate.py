@@ -1,22 +1,37 @@
 """From per-seed records to per-cell statistics.
 
 A record is one trained model (one seed of one cell): its test metrics, its
-corruption curves ({kind: {target: [accuracy at severity 0..5]}}). `derive`
+corruption curves ({kind: {target: [metric at severity 0..5]}}), the
+metric being the primary one of the run's task (`score`). `derive`
 adds what each record implies on its own (robustness areas, modality
 contributions); `summarize` turns the records of each cell into mean +- 95%
 CI over seeds.
 """
 
+import collections
 import math
 
 import numpy as np
 
 from experiments.report import stats
 
+# What a report ranks cells by: the task's primary metric, its direction, and
+# its value with no modality (None where the task does not fix one).
+Score = collections.namedtuple('Score', 'metric higher chance task')
 
-def chance(cost: dict) -> float:
-  """Accuracy of a uniform guess: the value of the empty set of modalities."""
-  return 1.0 / cost['num_classes']
+
+def score(cost: dict) -> Score:
+  """The Score of a cell from its cost report (written before tasks: a
+  classification's accuracy)."""
+  if 'metric' not in cost:
+    return Score('accuracy', True, 1.0 / cost['num_classes'], 'classification')
+  return Score(cost['metric'], cost['higher_is_better'], cost['chance'],
+               cost['task'])
+
+
+def chance(cost: dict) -> float | None:
+  """The primary metric with no input: the value of the empty coalition."""
+  return score(cost).chance
 
 
 def reference_cell(cell, cells, fusion: str):
@@ -57,13 +72,14 @@ def derive(cells, records, costs, reference: str):
           if lf is not None:
             r['effective'][f'{kind}/{target}'] = stats.effective_robustness(
                 curve, lf)
+      s = score(costs[cell['name']])
+      r['shapley'], r['loo'] = {}, {}
       if len(modalities) > 1:
-        value = stats.subset_value(r['test'], modalities,
-                                   chance(costs[cell['name']]))
-        r['shapley'] = stats.shapley_values(value, modalities)
+        value = stats.subset_value(r['test'], modalities, s.chance,
+                                   metric=s.metric)
         r['loo'] = stats.leave_one_out(value, modalities)
-      else:
-        r['shapley'], r['loo'] = {}, {}
+        if s.chance is not None:  # Shapley needs v of no modality
+          r['shapley'] = stats.shapley_values(value, modalities)
 
 
 def _ci_dict(dicts) -> dict:

@@ -9,7 +9,21 @@ import os
 
 from experiments.report import aggregate, plots, stats
 
-METRICS = ('accuracy', 'macro_f1', 'loss', 'auroc')
+METRICS = ('accuracy', 'macro_f1', 'loss', 'auroc')  # classification's
+
+
+def score(rows) -> aggregate.Score:
+  """The metric the report ranks by: the task's primary one."""
+  return aggregate.score(rows[0]['cost'])
+
+
+def metrics_of(rows) -> list[str]:
+  """The full-set test metrics of the table: the task's results columns."""
+  from mmfusion import tasks  # pylint: disable=g-import-not-at-top
+  task = score(rows).task
+  names = METRICS if task == 'classification' else [
+      m for m in tasks.TASKS[task].TABLE if m != 'examples'] + ['loss']
+  return [m for m in names if any(m in r['test'] for r in rows)]
 
 
 def fmt(triple, digits: int = 3, signed: bool = False) -> str:
@@ -43,18 +57,20 @@ def _mb(nbytes):
 
 
 def accuracy_table(rows, metrics=None) -> str:
-  """Per cell: mean ± CI of the full-set test metrics and the costs."""
-  metrics = metrics or [m for m in METRICS if any(m in r['test'] for r in rows)]
+  """Per cell: mean ± CI of the full-set test metrics and the costs; the
+  best of the primary metric in bold."""
+  metrics = metrics or metrics_of(rows)
   names, cells = _cell_columns(rows)
-  best = max(r['test']['accuracy'][0] for r in rows)
+  s = score(rows)
+  best = (max if s.higher else min)(r['test'][s.metric][0] for r in rows)
   body = []
   for r, cell in zip(rows, cells):
     c = r['cost']
     step = c.get('step_seconds')
     vals = [fmt(r['test'][m], 4 if m != 'loss' else 3)
             for m in metrics]
-    if 'accuracy' in metrics and r['test']['accuracy'][0] == best:
-      i = metrics.index('accuracy')
+    if s.metric in metrics and r['test'][s.metric][0] == best:
+      i = metrics.index(s.metric)
       vals[i] = f'**{vals[i]}**'
     body.append(cell + [r['stage'], r['n']] + vals + [
         f'{c["params"]["total"]:,}',
@@ -65,15 +81,18 @@ def accuracy_table(rows, metrics=None) -> str:
       'params', 'fwd GFLOPs', 'train step ms', 'step peak MB'], body)
 
 
-def subset_columns(rows, metric='accuracy'):
-  """`metric` then `metric/<subset>` keys, largest subsets first."""
+def subset_columns(rows, metric=None):
+  """`metric` (default: the primary) then `metric/<subset>` keys, largest
+  subsets first."""
+  metric = metric or score(rows).metric
   keys = sorted({k for r in rows for k in r['test']
                  if k.startswith(metric + '/')},
                 key=lambda k: (-k.count('+'), k))
   return [metric] + keys
 
 
-def subset_table(rows, metric='accuracy') -> str:
+def subset_table(rows, metric=None) -> str:
+  metric = metric or score(rows).metric
   names, cells = _cell_columns(rows)
   cols = subset_columns(rows, metric)
   heads = ['all' if c == metric else c.split('/', 1)[1] for c in cols]
@@ -114,15 +133,18 @@ def curve_table(rows, kind, target) -> str:
 def contribution_table(rows) -> str:
   names, cells = _cell_columns(rows)
   mods = rows[0]['modalities']
+  s = score(rows)
   body = []
   for r, cell in zip(rows, cells):
-    above = (r['test']['accuracy'][0] - r['chance'], math.nan, r['n'])
+    above = (math.nan if s.chance is None else
+             r['test'][s.metric][0] - s.chance, math.nan, r['n'])
     body.append(cell + [fmt(r['shapley'].get(m, (math.nan,) * 3), signed=True)
                         for m in mods] +
                 [fmt(r['loo'].get(m, (math.nan,) * 3), signed=True)
                  for m in mods] + [fmt(above, signed=True)])
   return table(names + [f'Shapley {m}' for m in mods] +
-               [f'LOO drop {m}' for m in mods] + ['accuracy − chance'], body)
+               [f'LOO drop {m}' for m in mods] + [f'{s.metric} − chance'],
+               body)
 
 
 def _write(path, text):
@@ -131,27 +153,31 @@ def _write(path, text):
 
 
 DEFINITIONS = """\
+- **{metric}**: the primary metric of the task ({task}) that every table,
+  figure and score below is of; {better} is better.
 - **mean ± 95% CI**: mean over seeds ± t(0.975, n−1) · s / √n (Student t,
   s the sample standard deviation); no ± with a single seed.
 - **Missing modalities**: the test set scored with only the listed
   modalities present (`present/<m>` False for the others, which each fusion
   method handles as documented in README.md).
 - **Relative robustness** (MultiBench, Liang et al. 2021): area under test
-  accuracy vs corruption severity 0–5, severity rescaled to [0, 1] (so it is
-  a mean accuracy; 1.0 is perfect and unaffected).
+  {metric} vs corruption severity 0–5, severity rescaled to [0, 1] (so it is
+  a mean {metric}).
 - **Effective robustness** (MultiBench): area of f(s) − [LF(s) + f(0) − LF(0)]
   with LF the late-fusion reference (`{reference}`, same other sweep values,
-  mean over its seeds): accuracy kept beyond what late fusion would keep from
-  the same clean accuracy; positive = degrades less than late fusion.
+  mean over its seeds): {metric} kept beyond what late fusion would keep
+  from the same clean {metric}; positive = degrades less than late fusion
+  (where higher is better).
   MultiBench sums over levels and min-max normalises across methods; the
   normalised columns in robustness.md do the latter.
 - **Shapley value** of modality m: exact average over coalitions S of the
   other modalities of v(S ∪ {{m}}) − v(S), weighted |S|!(n−|S|−1)!/n!, where
-  v(S) is the test accuracy with only S present and v(∅) is chance (1/C).
-  They add up to accuracy − chance.
+  v(S) is the test {metric} with only S present and v(∅) its chance value
+  (accuracy: 1/C; mAP: the labels' mean rate of positives; not computed
+  where the task fixes none). They add up to {metric} − chance.
 - **LOO drop** of m: v(all) − v(all without m).
 - **Pareto front**: cells that no other cell beats on both forward FLOPs
-  (lower) and mean test accuracy (higher).
+  (lower) and mean test {metric}.
 """
 
 
@@ -170,7 +196,7 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
   written.append('results.csv')
 
   main = accuracy_table(rows)
-  full_metrics = [m for m in METRICS if any(m in r['test'] for r in rows)]
+  full_metrics = metrics_of(rows)
   subset_tables = '\n\n'.join(
       f'### {m} with some modalities missing\n\n{subset_table(rows, m)}'
       for m in full_metrics if len(subset_columns(rows, m)) > 1)
@@ -182,12 +208,15 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
          f'\n\n{subset_tables}')
   written.append('results.md')
 
-  plots.accuracy_bars(rows, os.path.join(workdir, 'accuracy.png'))
-  front = plots.pareto(rows, os.path.join(workdir, 'pareto.png'))
+  s = score(rows)
+  bars = f'{s.metric}.png'  # accuracy.png for classification
+  plots.accuracy_bars(rows, os.path.join(workdir, bars), s.metric, s.chance)
+  front = plots.pareto(rows, os.path.join(workdir, 'pareto.png'), s.metric,
+                       s.higher)
   cols = subset_columns(rows)
   plots.missing_modality_heatmap(rows, os.path.join(
       workdir, 'missing_modality.png'), cols)
-  written += ['accuracy.png', 'pareto.png', 'missing_modality.png']
+  written += [bars, 'pareto.png', 'missing_modality.png']
 
   kinds = [k for k in meta['kinds']
            if any(k in r['curves'] for r in rows)]
@@ -198,7 +227,7 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
             if any(t in r['curves'].get(k, {}) for r in rows)]
   if panels:
     plots.robustness_curves(rows, os.path.join(workdir, 'robustness.png'),
-                            kinds, targets)
+                            kinds, targets, s.metric, s.chance)
     written.append('robustness.png')
   skipped = {}  # kind -> {target: why}
   for rec in records:
@@ -209,7 +238,7 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
       f'- `{kind}` was skipped on {", ".join(sorted(per))}: '
       f'{next(iter(per.values()))}' for kind, per in sorted(skipped.items()))
   per_curve = '\n\n'.join(
-      f'### {p.replace("/", " on ")}\n\nTest accuracy at severity 0 (clean) '
+      f'### {p.replace("/", " on ")}\n\nTest {s.metric} at severity 0 (clean) '
       f'.. 5; relative and effective robustness.\n\n'
       f'{curve_table(rows, *p.split("/"))}' for p in panels)
   if panels:
@@ -229,10 +258,10 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
   multimodal = len(rows[0]['modalities']) > 1
   if multimodal:
     plots.contribution_bars(rows, os.path.join(workdir, 'contributions.png'),
-                            rows[0]['modalities'])
+                            rows[0]['modalities'], s.metric)
     _write(os.path.join(workdir, 'contributions.md'),
            '# Per-modality contributions\n\nFrom the per-subset test '
-           'accuracies (see report.md, Definitions); mean ± 95% CI over '
+           f'{s.metric} (see report.md, Definitions); mean ± 95% CI over '
            f'seeds.\n\n{contribution_table(rows)}')
     written += ['contributions.png', 'contributions.md']
 
@@ -247,6 +276,15 @@ def _report(rows, meta, main, panels, front, skipped_text, multimodal) -> str:
   sweeps = '; '.join(f'`{k}` ∈ {{{", ".join(map(str, vs))}}}'
                      for k, vs in meta['sweeps']) or 'none (one cell)'
   seeds = rows[0]['seeds']
+  s = score(rows)
+  metric = s.metric
+  if s.task == 'classification':
+    target = (f'{1 / s.chance:.0f} classes, chance accuracy '
+              f'{s.chance:.3f}')
+  else:
+    target = (f'task {s.task}, ranked by test {metric} '
+              f'({"higher" if s.higher else "lower"} is better'
+              f'{"" if s.chance is None else f"; chance {s.chance:.3f}"})')
   title = ', '.join(sorted({str(config.data.name)} | {
       str(v) for r in rows for k, v in r['values'].items()
       if k == 'data.name'}))
@@ -258,23 +296,21 @@ def _report(rows, meta, main, panels, front, skipped_text, multimodal) -> str:
       f'(seeds {seeds[0]}..{seeds[-1]}'
       f'{", trained together with jax.vmap" if meta["vmap"] else ""}).\n'
       f'- Data: `{config.data.name}`, modalities '
-      f'{", ".join(sorted(config.data.modalities))}; '
-      f'{1 / rows[0]["chance"]:.0f} classes, chance accuracy '
-      f'{rows[0]["chance"]:.3f}.\n'
+      f'{", ".join(sorted(config.data.modalities))}; {target}.\n'
       f'- Training: {config.total_steps} steps of batch {config.batch_size}, '
       f'{config.optimizer.name} at learning rate '
       f'{config.optimizer.learning_rate}; metrics on the test split at the '
       f'last step.',
-      '## Test accuracy\n\nMean ± 95% CI over seeds; the best accuracy in '
+      f'## Test {metric}\n\nMean ± 95% CI over seeds; the best {metric} in '
       f'bold. Costs per batch of {rows[0]["cost"]["batch_size"]} on '
       f'{rows[0]["cost"]["backend"]}. Every test metric, and each subset of '
       f'modalities, is in [results.md](results.md); one row per run in '
-      f'[results.csv](results.csv).\n\n{main}\n\n![accuracy](accuracy.png)',
-      '## Accuracy vs compute\n\nPareto front (no cell is both cheaper and '
-      'more accurate): ' + ', '.join(
+      f'[results.csv](results.csv).\n\n{main}\n\n![{metric}]({metric}.png)',
+      f'## {metric[:1].upper() + metric[1:]} vs compute\n\nPareto front (no '
+      f'cell is both cheaper and better on {metric}): ' + ', '.join(
           r['label'] for r, f in zip(rows, front) if f) +
       '.\n\n![pareto](pareto.png)',
-      '## Missing modalities\n\nTest accuracy with only these modalities '
+      f'## Missing modalities\n\nTest {metric} with only these modalities '
       f'present.\n\n{subset_table(rows)}\n\n'
       '![missing modalities](missing_modality.png)']
   if panels:
@@ -302,7 +338,8 @@ def _report(rows, meta, main, panels, front, skipped_text, multimodal) -> str:
                  contribution_table(rows) +
                  '\n\n![contributions](contributions.png)')
   parts.append('## Definitions\n\n' + DEFINITIONS.format(
-      reference=meta['reference']))
+      reference=meta['reference'], metric=metric, task=s.task,
+      better='higher' if s.higher else 'lower'))
   if meta.get('notes'):
     parts.append('## Notes\n\n' + meta['notes'].strip())
   return '\n\n'.join(parts)

@@ -53,7 +53,8 @@ def _salt(*parts) -> int:
 
 
 def corruption_curves(config, run_dir: str, *, kinds, seed: int = 0) -> dict:
-  """Test accuracy of a run under `kinds` x targets x severities.
+  """The test split's primary metric of the run's task (accuracy for
+  classification) under `kinds` x targets x severities.
 
   Returns {'step', 'severities', 'members': [{kind: {target: [acc_s]}}],
   'skipped': {kind/target: why}}; one entry of 'members' per member of the
@@ -62,19 +63,23 @@ def corruption_curves(config, run_dir: str, *, kinds, seed: int = 0) -> dict:
   run = build.run(config)
   step, params = restore_params(run, run_dir)
   source = run.builder.as_data_source(split='test')
+  task = run.task
   batches = list(pipeline.eval_batches(
-      source, batch_size=config.batch_size, modalities=config.data.modalities))
-  fn = jax.jit(evaluate.eval_fn(run.model, run.members))
+      source, batch_size=config.batch_size, modalities=config.data.modalities,
+      targets=task.TARGETS))
+  fn = jax.jit(evaluate.eval_fn(run.model, task, run.members))
 
   def accuracy(corrupted_batches):
-    """Accuracy per member [K] over the valid examples."""
-    hits, total = 0, 0
-    for b in corrupted_batches:
-      logits = np.asarray(fn(params, b)['logits'])  # [K, B, C]
-      valid = np.asarray(b['valid'], bool)
-      hits = hits + ((logits.argmax(-1) == b['label']) & valid).sum(-1)
-      total += valid.sum()
-    return hits / total
+    """The task's primary metric per member [K] over the valid examples."""
+    outs = [jax.device_get(fn(params, b)) for b in corrupted_batches]
+    valid_N = np.concatenate([o['valid'] for o in outs]).astype(bool)
+    out_K = {k: np.concatenate([o['out'][k] for o in outs], 1)[:, valid_N]
+             for k in outs[0]['out']}
+    targets = {k: np.concatenate([o['targets'][k] for o in outs])[valid_N]
+               for k in outs[0]['targets']}
+    return np.asarray([task.scores({k: v[j] for k, v in out_K.items()},
+                                   targets, detail=False)[task.PRIMARY]
+                       for j in range(run.members.size)])
 
   clean = accuracy(batches)
   k = run.members.size

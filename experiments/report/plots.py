@@ -17,6 +17,9 @@ from experiments.report import stats  # noqa: E402
 STAGE_COLORS = {'early': 'tab:green', 'intermediate': 'tab:blue',
                 'late': 'tab:orange'}
 DPI = 120
+# Metrics in [0, 1]: their axes are drawn from 0 to 1.
+UNIT_METRICS = ('accuracy', 'macro_f1', 'micro_f1', 'map', 'map_micro',
+                'auroc', 'recall@1', 'recall@5', 'recall@10')
 
 
 def _err(ci):
@@ -35,28 +38,29 @@ def _stage_legend(ax, rows):
   ax.legend(handles, stages, title='fusion stage', fontsize=8, loc='best')
 
 
-def accuracy_bars(rows, path, metric='accuracy'):
-  """One bar per cell: mean test `metric` with its 95% CI, chance dashed."""
+def accuracy_bars(rows, path, metric='accuracy', chance=None):
+  """One bar per cell: mean test `metric` with its 95% CI, `chance` dashed."""
   fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows) + 2), 4))
   x = np.arange(len(rows))
   means = [r['test'][metric][0] for r in rows]
   ax.bar(x, means, yerr=[_err(r['test'][metric][1]) for r in rows],
          color=[STAGE_COLORS[r['stage']] for r in rows], capsize=3)
-  if metric == 'accuracy':
-    ax.axhline(rows[0]['chance'], color='gray', ls='--', lw=1, label='chance')
+  if chance is not None:
+    ax.axhline(chance, color='gray', ls='--', lw=1, label='chance')
   ax.set_xticks(x, [r['label'] for r in rows], rotation=60, ha='right',
                 fontsize=8)
   ax.set_ylabel(f'test {metric} (mean, 95% CI)')
-  ax.set_ylim(0, 1.0 if metric in ('accuracy', 'macro_f1') else None)
+  ax.set_ylim(0, 1.0 if metric in UNIT_METRICS else None)
   _stage_legend(ax, rows)
   _save(fig, path)
 
 
-def pareto(rows, path, metric='accuracy'):
-  """Test `metric` against forward GFLOPs, the Pareto front joined, ringed."""
+def pareto(rows, path, metric='accuracy', higher: bool = True):
+  """Test `metric` against forward GFLOPs, the Pareto front joined, ringed
+  (`higher`: larger values are better)."""
   gflops = [(r['cost']['forward']['flops'] or math.nan) / 1e9 for r in rows]
   means = [r['test'][metric][0] for r in rows]
-  front = stats.pareto_front(gflops, means)
+  front = stats.pareto_front(gflops, means if higher else [-m for m in means])
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r, g, m in zip(rows, gflops, means):
     ax.errorbar(g, m, yerr=_err(r['test'][metric][1]), fmt='o', ms=5,
@@ -82,27 +86,34 @@ def pareto(rows, path, metric='accuracy'):
 
 
 def missing_modality_heatmap(rows, path, columns):
-  """Cells x modality subsets, coloured and annotated by mean test accuracy."""
+  """Cells x modality subsets, coloured and annotated by the mean test
+  metric (`columns[0]`, then its subsets)."""
+  metric = columns[0]
   matrix = np.array([[r['test'].get(c, (math.nan,))[0] for c in columns]
                      for r in rows])
   fig, ax = plt.subplots(figsize=(1.4 * len(columns) + 3,
                                   0.35 * len(rows) + 1.5))
-  im = ax.imshow(matrix, cmap='viridis', vmin=0, vmax=1, aspect='auto')
+  unit = metric in UNIT_METRICS
+  im = ax.imshow(matrix, cmap='viridis', vmin=0 if unit else None,
+                 vmax=1 if unit else None, aspect='auto')
+  middle = 0.6 if unit else np.nanmean(matrix)
   for i in range(matrix.shape[0]):
     for j in range(matrix.shape[1]):
       if math.isfinite(matrix[i, j]):
         ax.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center',
-                fontsize=7, color='w' if matrix[i, j] < 0.6 else 'k')
-  names = ['all' if c == 'accuracy' else c.split('/', 1)[1] for c in columns]
+                fontsize=7, color='w' if matrix[i, j] < middle else 'k')
+  names = ['all' if c == metric else c.split('/', 1)[1] for c in columns]
   ax.set_xticks(range(len(columns)), names, fontsize=8)
   ax.set_yticks(range(len(rows)), [r['label'] for r in rows], fontsize=8)
   ax.set_xlabel('modalities present at test time')
-  fig.colorbar(im, ax=ax, label='test accuracy')
+  fig.colorbar(im, ax=ax, label=f'test {metric}')
   _save(fig, path)
 
 
-def robustness_curves(rows, path, kinds, targets):
-  """Accuracy against severity: one panel per (kind, target), a line a cell."""
+def robustness_curves(rows, path, kinds, targets, metric='accuracy',
+                      chance=None):
+  """`metric` against severity: one panel per (kind, target), a line a
+  cell; `chance` dashed."""
   panels = [(k, t) for k in kinds for t in targets
             if any(t in r['curves'].get(k, {}) for r in rows)]
   if not panels:
@@ -122,13 +133,15 @@ def robustness_curves(rows, path, kinds, targets):
       ci = np.array([_err(c[1]) for c in curve])
       ax.plot(s, mean, marker='o', ms=3, color=color, label=r['label'])
       ax.fill_between(s, mean - ci, mean + ci, color=color, alpha=0.15)
-    ax.axhline(rows[0]['chance'], color='gray', ls='--', lw=1)
+    if chance is not None:
+      ax.axhline(chance, color='gray', ls='--', lw=1)
     ax.set_title(f'{kind} on {target}', fontsize=9)
     ax.set_xlabel('severity')
-    ax.set_ylim(0, 1)
+    if metric in UNIT_METRICS:
+      ax.set_ylim(0, 1)
   for ax in axes.flat[len(panels):]:
     ax.axis('off')
-  axes[0, 0].set_ylabel('test accuracy')
+  axes[0, 0].set_ylabel(f'test {metric}')
   handles, labels = axes.flat[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='center right', fontsize=7)
   fig.tight_layout(rect=(0, 0, 0.83, 1))
@@ -137,15 +150,15 @@ def robustness_curves(rows, path, kinds, targets):
   return True
 
 
-def contribution_bars(rows, path, modalities):
+def contribution_bars(rows, path, modalities, metric='accuracy'):
   """Shapley value and leave-one-out drop of each modality, per cell."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(rows) * len(
       modalities) + 1.8), sharey=True)
   y = np.arange(len(rows))
   height = 0.8 / len(modalities)
   for ax, group, title in zip(axes, ('shapley', 'loo'), (
-      'Shapley value (accuracy above chance)',
-      'leave-one-out drop (accuracy lost)')):
+      f'Shapley value ({metric} above chance)',
+      f'leave-one-out drop ({metric} lost)')):
     for i, m in enumerate(modalities):
       vals = [r[group].get(m, (math.nan, math.nan))for r in rows]
       ax.barh(y + i * height, [v[0] for v in vals], height,

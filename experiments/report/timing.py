@@ -20,8 +20,8 @@ def train_step_seconds(config, steps: int = 20) -> float:
                           run.batch_spec(config.batch_size).items()})
   state = jax.jit(lambda b: build.create_train_state(
       run.model, run.tx, b, config.seed))(batch)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=run.model,
-                                               tx=run.tx), donate_argnums=0)
+  step = jax.jit(lambda s, b: train.train_step(
+      s, b, model=run.model, task=run.task, tx=run.tx), donate_argnums=0)
   state, _ = step(state, batch)
   jax.block_until_ready(state)
   times = []

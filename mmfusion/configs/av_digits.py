@@ -11,6 +11,14 @@ mean-pooled tokens, concatenated, Dense(10). Sized for a 2-core CPU.
   --config=mmfusion/configs/av_digits.py:variant=video,modalities=video
   --config=mmfusion/configs/av_digits.py:audio,runlocal   a seconds-long run
   --config.model.fusion=gated                              another fusion
+
+Tasks (`task=NAME`, default classification of `label`):
+  --config=mmfusion/configs/av_digits.py:video,task=multilabel
+      which digits occur in the clip (`labels`); mAP kept
+  --config=mmfusion/configs/av_digits.py:video,task=contrastive
+      find a clip's own sound track among the others': towers (video,) and
+      (audio,) (the first modality against the rest), InfoNCE; add
+      loss=siglip for SigLIP's loss. Recall@1 kept.
 """
 
 import ml_collections
@@ -19,6 +27,7 @@ from mmfusion.configs import common
 
 VARIANTS = ('clean', 'noisy', 'video')
 MODALITIES = ('image', 'audio', 'text', 'video')
+TASKS = ('classification', 'multilabel', 'contrastive')
 
 
 def encoders():
@@ -50,10 +59,14 @@ def get_config(arg: str = ''):
       (a for a in bare if a not in VARIANTS), None)
   default = 'video+audio' if variant == 'video' else 'image+audio+text'
   modalities = tuple((chosen or default).split('+'))
-  if (variant not in VARIANTS or set(named) - {'variant', 'modalities'} or
-      any(m not in MODALITIES for m in modalities)):
+  task = named.get('task', 'classification')
+  loss = named.get('loss', 'infonce')
+  if (variant not in VARIANTS or
+      set(named) - {'variant', 'modalities', 'task', 'loss'} or
+      any(m not in MODALITIES for m in modalities) or task not in TASKS):
     raise ValueError(f'config arg {arg!r}: expected a variant in {VARIANTS}, '
-                     f'modalities from {MODALITIES} joined by +, or runlocal')
+                     f'modalities from {MODALITIES} joined by +, task= one '
+                     f'of {TASKS}, or runlocal')
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -79,6 +92,16 @@ def get_config(arg: str = ''):
   # Synchrony needs the two streams' timing, which pooled concat throws away.
   config.model.fusion = ('cross_attention' if variant == 'video' and
                          len(modalities) > 1 else 'concat')
+  if task == 'multilabel':
+    config.task = ml_collections.ConfigDict(
+        {'name': 'multilabel', 'class_balanced': False})
+    config.best_metric = 'map'
+  elif task == 'contrastive':
+    config.task = ml_collections.ConfigDict(
+        {'name': 'contrastive', 'loss_fn': loss, 'width': 64,
+         'towers': (modalities[:1], modalities[1:])})
+    config.best_metric = 'recall@1'
+    config.model.fusion = 'concat'  # within a tower; one modality: pooled
   config.model.fusion_kwargs = {}
   config.model.encoders = {m: e for m, e in encoders().items()
                            if m in modalities}

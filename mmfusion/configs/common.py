@@ -1,10 +1,12 @@
-"""Run options every config shares: sharding, accumulation, vmap, best."""
+"""Run options every config shares: task, sharding, accumulation, vmap, best."""
 
 import ml_collections
 
 
 def add_run_options(config: ml_collections.ConfigDict):
-  """Sets the scale and reliability keys (README, "Scale and reliability")."""
+  """Sets the task (classification unless a config says otherwise) and the
+  scale and reliability keys (README, "Scale and reliability")."""
+  config.task = ml_collections.ConfigDict({'name': 'classification'})
   config.fsdp = False  # shard params + optimizer state over `data`
   config.fsdp_min_size = 2**14  # arrays smaller than this stay replicated
   config.grad_accum_steps = 1  # micro-batches per step (same global batch)

@@ -8,6 +8,8 @@ image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
   --config=mmfusion/configs/seed.py:synergy,runlocal   a seconds-long run
   --config=mmfusion/configs/seed.py:redundancy_3mod    names ending in _3mod
       add tabular features (20-d) -> Dense(64) + ReLU as a third modality
+  --config=mmfusion/configs/seed.py:regression_synergy  names starting with
+      regression_ : the regression task on a continuous target (MAE kept)
   --config.model.fusion=tensor                       another fusion method
 """
 
@@ -29,6 +31,11 @@ def get_config(arg: str = ''):
   config.log_every = 100
   config.num_devices = 0  # 0: every visible device
   common.add_run_options(config)
+  if variant.startswith('regression_'):
+    config.task = ml_collections.ConfigDict(
+        {'name': 'regression', 'loss_fn': 'l1', 'standardize': True,
+         'sentiment': False})
+    config.best_metric, config.best_mode = 'mae', 'min'
 
   config.data = ml_collections.ConfigDict()
   config.data.name = f'synthetic_interactions/{variant}'

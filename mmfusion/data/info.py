@@ -16,27 +16,44 @@ from mmfusion.runtime import files
 FILE = 'data_info.json'
 
 
+# Target features a dataset may have, and their arrays in a batch: `label`
+# int32 [B] (a class id), `labels` float32 [B, C] (multi-hot), `target`
+# float32 [B, R] (continuous). The task of a run says which it reads.
+TARGETS = {'label': np.int32, 'labels': np.float32, 'target': np.float32}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
-  """Classes, per-example input shapes and preprocessing of one dataset."""
+  """Targets, per-example input shapes and preprocessing of one dataset."""
   name: str  # config.data.name
   modalities: tuple[str, ...]  # config.data.modalities, in config order
-  classes: tuple[str, ...]  # class names, index = label id
+  classes: tuple[str, ...]  # names of the `label` classes (() without one)
   inputs: dict  # modality -> (shape of one example, numpy dtype name)
   # modality -> how raw inputs become arrays: {'sample_rate': 16000} for
   # audio, {'tokenizer': 'bytes'} for token ids, {'columns': [...]} for
   # manifest numbers.
   preprocessing: dict
+  # target key (TARGETS) -> {'names': [...] (classes, labels or targets),
+  # and what the train split says of it: 'mean'/'std' of each target,
+  # 'positives' of each label}.
+  targets: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
     return len(self.classes)
 
-  def batch_spec(self, batch_size: int) -> dict:
-    """{key: (shape, dtype)} of a batch in the pipeline's contract."""
+  def target_shape(self, key: str) -> tuple[int, ...]:
+    """Shape of one example's `key`: () for a label, (C,) or (R,) else."""
+    return () if key == 'label' else (len(self.targets[key]['names']),)
+
+  def batch_spec(self, batch_size: int, targets=('label',)) -> dict:
+    """{key: (shape, dtype)} of a batch in the pipeline's contract, with the
+    target keys `targets`."""
     spec = {m: ((batch_size,) + tuple(shape), np.dtype(dtype))
             for m, (shape, dtype) in self.inputs.items()}
-    spec['label'] = ((batch_size,), np.dtype(np.int32))
+    for key in targets:
+      spec[key] = ((batch_size,) + self.target_shape(key),
+                   np.dtype(TARGETS[key]))
     for m in self.modalities:
       spec[f'present/{m}'] = ((batch_size,), np.dtype(np.bool_))
     return spec
@@ -48,10 +65,13 @@ class DataInfo:
 
   @classmethod
   def from_json(cls, d: dict) -> 'DataInfo':
+    classes = tuple(d['classes'])
+    # Files written before tasks existed describe a classification dataset.
+    targets = d.get('targets', {'label': {'names': list(classes)}})
     return cls(name=d['name'], modalities=tuple(d['modalities']),
-               classes=tuple(d['classes']),
+               classes=classes,
                inputs={m: (tuple(s), t) for m, (s, t) in d['inputs'].items()},
-               preprocessing=d['preprocessing'])
+               preprocessing=d['preprocessing'], targets=targets)
 
   def save(self, workdir: str):
     files.write_json(os.path.join(workdir, FILE), self.to_json())
@@ -62,12 +82,49 @@ class DataInfo:
       return cls.from_json(json.load(f))
 
 
-def from_builder(builder, data_config) -> DataInfo:
-  """The DataInfo of `builder` for the modalities `data_config` asks for."""
-  features = builder.info.features
-  label = features['label']
-  classes = tuple(label.names) if label.names else tuple(
+def _class_names(label) -> tuple[str, ...]:
+  return tuple(label.names) if label.names else tuple(
       str(i) for i in range(label.num_classes))
+
+
+def target_stats(builder, key: str) -> dict:
+  """What training needs of the train split's `key`: each target's mean and
+  std (standardisation), each label's count of positives (class weights)."""
+  source = builder.as_data_source(split='train')
+  values_NxR = np.stack([np.asarray(source[i][key], np.float64)
+                         for i in range(len(source))])
+  if key == 'labels':
+    return {'positives': values_NxR.sum(0).astype(int).tolist(),
+            'examples': len(values_NxR)}
+  return {'mean': values_NxR.mean(0).tolist(),
+          'std': values_NxR.std(0).tolist()}
+
+
+def targets_of(builder, keys=()) -> dict:
+  """The DataInfo `targets` of `builder`: names of every target it has; the
+  train split's statistics of the `keys` a task needs them for."""
+  features = builder.info.features
+  named = getattr(builder, 'target_names', dict)()
+  out = {}
+  if 'label' in features:
+    out['label'] = {'names': list(_class_names(features['label']))}
+  for key in ('labels', 'target'):
+    if key in features:
+      shape = tuple(features[key].shape)
+      names = named.get(key) or [str(i) for i in range(shape[0])]
+      out[key] = {'names': list(names)}
+  for key in keys:
+    if key in out and key != 'label':
+      out[key].update(target_stats(builder, key))
+  return out
+
+
+def from_builder(builder, data_config, stats=()) -> DataInfo:
+  """The DataInfo of `builder` for the modalities `data_config` asks for,
+  with train-split statistics of the target keys `stats`."""
+  features = builder.info.features
+  targets = targets_of(builder, stats)
+  classes = tuple(targets.get('label', {}).get('names', ()))
   inputs, preprocessing = {}, {}
   bconfig = builder.builder_config
   for m in data_config.modalities:
@@ -84,4 +141,4 @@ def from_builder(builder, data_config) -> DataInfo:
       preprocessing[m] = {}
   return DataInfo(name=data_config.name, modalities=tuple(
       data_config.modalities), classes=classes, inputs=inputs,
-                  preprocessing=preprocessing)
+                  preprocessing=preprocessing, targets=targets)

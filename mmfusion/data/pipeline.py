@@ -7,8 +7,9 @@ checkpoint, so a resumed run reads exactly the batches it would have read.
 Evaluation reads a split once, in order, padding the last batch and marking the
 padding with `valid == False`, so no example is dropped or counted twice.
 
-Batch contract (see DESIGN.md): one key per modality, `label` int32 [B], and
-`present/<modality>` bool [B].
+Batch contract (see DESIGN.md): one key per modality, `present/<modality>`
+bool [B], and the targets the run's task reads (`info.TARGETS`: `label` int32
+[B], `labels` float32 [B, C] multi-hot, `target` float32 [B, R]).
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from mmfusion.runtime import errors, files
 from mmfusion.data import BUILDERS
+from mmfusion.data import info as info_lib
 from mmfusion.data import transforms
 
 
@@ -114,7 +116,8 @@ def _build(builder):
 
 def check_modalities(builder, modalities):
   """Fails with one sentence when the config asks for a modality not there."""
-  have = [k for k in builder.info.features.keys() if k != 'label']
+  have = [k for k in builder.info.features.keys()
+          if k not in info_lib.TARGETS]
   missing = [m for m in modalities if m not in have]
   if missing:
     raise errors.UserError(
@@ -122,10 +125,13 @@ def check_modalities(builder, modalities):
         f'does not have; it has: {", ".join(have)}.')
 
 
-def _to_batch(examples, modalities):
-  """Stacked dict of one batch in the batch contract."""
+def _to_batch(examples, modalities, targets=('label',)):
+  """Stacked dict of one batch in the batch contract, with the target keys
+  `targets` (info.TARGETS) that the run's task reads."""
   batch = {m: np.stack([ex[m] for ex in examples]) for m in modalities}
-  batch['label'] = np.asarray([ex['label'] for ex in examples], np.int32)
+  for key in targets:
+    batch[key] = np.asarray([ex[key] for ex in examples],
+                            info_lib.TARGETS[key])
   # Datasets with gaps (manifest) say what is there; numbers always are.
   for m in modalities:
     batch[f'present/{m}'] = np.asarray(
@@ -149,24 +155,26 @@ def _read(source, indices) -> list:
   return [source[int(i)] for i in indices]
 
 
-def in_memory(source, modalities, max_bytes: int = IN_MEMORY_BYTES):
+def in_memory(source, modalities, max_bytes: int = IN_MEMORY_BYTES,
+              targets=('label',)):
   """The whole of `source` as one stacked batch dict, or None when its decoded
   arrays would take more than `max_bytes` (estimated from the first record)."""
   n = len(source)
   if n == 0:
     return None
-  first = _to_batch(_read(source, [0]), modalities)
+  first = _to_batch(_read(source, [0]), modalities, targets)
   if n * sum(v.nbytes for v in first.values()) > max_bytes:
     return None
-  chunks = [_to_batch(_read(source, range(i, min(i + 1024, n))), modalities)
-            for i in range(0, n, 1024)]
+  chunks = [_to_batch(_read(source, range(i, min(i + 1024, n))), modalities,
+                      targets) for i in range(0, n, 1024)]
   return {k: np.concatenate([c[k] for c in chunks]) for k in first}
 
 
 def train_batches(source, *, batch_size: int, seed: int, modalities,
                   process_index: int = 0, process_count: int = 1,
                   modality_dropout: dict | None = None,
-                  in_memory_bytes: int = IN_MEMORY_BYTES):
+                  in_memory_bytes: int = IN_MEMORY_BYTES,
+                  targets=('label',)):
   """Endless per-process batches of `batch_size`, reshuffled every epoch.
 
   Global batch g is elements [g*G, (g+1)*G) of one shuffled stream (G =
@@ -192,12 +200,12 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
       rows_L[epoch_L == e] = permutation(int(e))[k_L[epoch_L == e]]
     return rows_L
 
-  arrays = in_memory(source, modalities, in_memory_bytes)
+  arrays = in_memory(source, modalities, in_memory_bytes, targets)
 
   def batch_of(b):
     rows_L = records(b)
     if arrays is None:
-      return _to_batch(_read(source, rows_L), modalities)
+      return _to_batch(_read(source, rows_L), modalities, targets)
     return {k: v[rows_L] for k, v in arrays.items()}
 
   ds = grain.MapDataset.range(sys.maxsize // global_).map(batch_of)
@@ -215,7 +223,8 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
 
 
 def eval_batches(source, *, batch_size: int, modalities,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1,
+                 targets=('label',)):
   """One ordered pass over `source` in padded batches with a `valid` mask."""
   n = len(source)
   global_batch = batch_size * process_count
@@ -224,17 +233,20 @@ def eval_batches(source, *, batch_size: int, modalities,
     idx = np.arange(start, start + batch_size)
     valid = idx < n
     batch = _to_batch([source[int(i)] for i in np.minimum(idx, n - 1)],
-                      modalities)
+                      modalities, targets)
     batch['valid'] = valid
     yield batch
 
 
-def batch_spec(builder, modalities, batch_size: int) -> dict:
+def batch_spec(builder, modalities, batch_size: int,
+               targets=('label',)) -> dict:
   """{key: (shape, dtype)} that every per-process batch must have."""
   features = builder.info.features
   spec = {m: ((batch_size,) + tuple(features[m].shape),
               np.dtype(features[m].np_dtype)) for m in modalities}
-  spec['label'] = ((batch_size,), np.dtype(np.int32))
+  for key in targets:
+    spec[key] = ((batch_size,) + tuple(features[key].shape),
+                 np.dtype(info_lib.TARGETS[key]))
   for m in modalities:
     spec[f'present/{m}'] = ((batch_size,), np.dtype(np.bool_))
   return spec
@@ -246,7 +258,7 @@ def check_batch(batch: dict, spec: dict):
   if extra:
     raise errors.UserError(
         f'the batch has {extra}, which config.data.modalities '
-        f'({[k for k in spec if "/" not in k and k != "label"]}) does not '
+        f'({[k for k in spec if "/" not in k and k not in info_lib.TARGETS]}) does not '
         f'list; add them there or drop them from the data.')
   for key, (shape, dtype) in spec.items():
     if key not in batch:

@@ -54,6 +54,11 @@ FUSIONS: dict[str, FusionSpec] = {
 }
 
 
+def names_of(stage: str) -> list[str]:
+  """The registered fusion names of one stage, in registry order."""
+  return [name for name, spec in FUSIONS.items() if spec.stage == stage]
+
+
 def get_fusion(name: str) -> FusionSpec:
   if name not in FUSIONS:
     raise errors.unknown_name('fusion', name, FUSIONS)

@@ -1,6 +1,6 @@
-"""Task heads: what turns a fused representation into predictions.
+"""The head a task puts on the fused representation.
 
-Legend: B batch, D width, C classes.
+Legend: B batch, D width, O outputs (classes, labels, targets, projection).
 """
 
 from typing import Any
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 
 
 class Head(nn.Module):
-  """MLP classifier head: hidden Dense+ReLU layers, then Dense(C), f32 logits."""
-  num_classes: int
+  """MLP head: hidden Dense+ReLU layers, then Dense(O), float32 outputs."""
+  num_outputs: int
   hidden: tuple[int, ...] = ()
   dtype: Any = jnp.float32
 
@@ -19,5 +19,5 @@ class Head(nn.Module):
   def __call__(self, z_BxD):
     for width in self.hidden:
       z_BxD = nn.relu(nn.Dense(width, dtype=self.dtype)(z_BxD))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(z_BxD).astype(
+    return nn.Dense(self.num_outputs, dtype=self.dtype)(z_BxD).astype(
         jnp.float32)

@@ -10,10 +10,26 @@ import sys
 import time
 
 import jax
-from tensorboardX import event_file_writer, summary
-from tensorboardX.proto import event_pb2
 
 from mmfusion.runtime import files
+
+
+def _import_tensorboardx():
+  """tensorboardX's writers, without the PyTorch it imports when installed
+  (only to accept torch tensors, 2 s of start-up): scalars here are floats."""
+  hidden = 'torch' not in sys.modules
+  if hidden:
+    sys.modules['torch'] = None  # `import torch` raises ImportError
+  try:
+    from tensorboardX import event_file_writer, summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  finally:
+    if hidden:
+      del sys.modules['torch']
+  return event_file_writer, summary, event_pb2
+
+
+event_file_writer, summary, event_pb2 = _import_tensorboardx()
 
 
 class MetricWriter:
