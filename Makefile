@@ -44,6 +44,10 @@ test: $(VENV)/.test
 FUSIONS := early,concat,sum,gated,nlgate,tensor,low_rank_tensor,multiplicative
 FUSIONS := $(FUSIONS),film,cross_attention,bottleneck,perceiver,late_logits
 FUSIONS := $(FUSIONS),late_probs,late_poe,late_weighted,late_stacking
+# The fusions of a task that predicts no class distribution (tasks/base.py).
+ANY_FUSIONS := early,concat,sum,gated,nlgate,tensor,low_rank_tensor
+ANY_FUSIONS := $(ANY_FUSIONS),multiplicative,film,cross_attention,bottleneck
+ANY_FUSIONS := $(ANY_FUSIONS),perceiver,late_logits,late_weighted
 REPORTS := experiments/reports
 ABLATE := $(PY) -m experiments.ablate --seeds=3
 DATA := $(if $(DATA_DIR),--config.data.data_dir=$(DATA_DIR))
@@ -59,6 +63,12 @@ reports: $(VENV)/.reports
 	$(ABLATE) $(SEED):synergy $(DATA) --sweep=model.fusion=$(FUSIONS) \
 	  --workdir=$(REPORTS)/synthetic_synergy \
 	  --notes=$(REPORTS)/synthetic_synergy/notes.md
+	for variant in synergy redundancy; do \
+	  $(ABLATE) $(SEED):regression_$$variant $(DATA) \
+	    --sweep=model.fusion=$(ANY_FUSIONS) \
+	    --workdir=$(REPORTS)/regression_$$variant \
+	    --notes=$(REPORTS)/regression_$$variant/notes.md || exit 1; \
+	done
 	$(ABLATE) $(SEED):synergy $(DATA) \
 	  --sweep=model.fusion=early,concat,late_logits \
 	  '--sweep=model.head_hidden=(),(128,)' \

@@ -29,25 +29,28 @@ def read_metrics(workdir: str, split: str = 'train'):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = 'mmfusion/configs/seed.py:uniqueness_image,runlocal'
 TINY_FLAGS = (
-    '--config=mmfusion/configs/seed.py:uniqueness_image,runlocal',
     '--config.batch_size=16', '--config.log_every=1',
     '--config.optimizer.warmup_steps=2', '--compilation_cache=',
     f'--config.data.overrides={TINY_DATA!r}')
 
 
-def main_command(workdir: str, data_dir: str, *flags):
-  """argv of `python -m mmfusion.main` on the tiny config."""
+def main_command(workdir: str, data_dir: str, *flags, config=TINY_CONFIG):
+  """argv of `python -m mmfusion.main` on the tiny config (`config`: the
+  --config it shrinks)."""
   import sys
   return [sys.executable, '-m', 'mmfusion.main', f'--workdir={workdir}',
-          *TINY_FLAGS, f'--config.data.data_dir={data_dir}', *flags]
+          f'--config={config}', *TINY_FLAGS,
+          f'--config.data.data_dir={data_dir}', *flags]
 
 
 def subprocess_env(devices: int = 1):
   """Environment of a child run with `devices` fake CPU devices."""
   return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1',
           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} '
-                       '--xla_backend_optimization_level=0'}
+                       '--xla_backend_optimization_level=0 '
+                       '--xla_cpu_use_fusion_emitters=false'}
 
 
 def final_params(workdir: str, step: int | None = None):

@@ -9,6 +9,7 @@ import pytest
 
 from mmfusion.configs import seed as seed_config
 from mmfusion import cost
+from tests.helpers import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = 8
@@ -66,7 +67,7 @@ def test_train_step_is_the_loops(seed_report, tmp_path):
 
 
 def _cost(*flags):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  env = subprocess_env(1)
   return subprocess.run(
       [sys.executable, '-m', 'mmfusion.cost',
        '--config=mmfusion/configs/seed.py:runlocal', '--config.batch_size=8',

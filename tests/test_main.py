@@ -9,13 +9,13 @@ import pytest
 
 from mmfusion import train
 from mmfusion.runtime import malloc
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main(*flags):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  env = subprocess_env(1)
   return subprocess.run(
       [sys.executable, '-m', 'mmfusion.main',
        '--config=mmfusion/configs/seed.py:runlocal', '--compilation_cache=',

@@ -166,3 +166,29 @@ def test_ablate_starts_multihost_runs_like_main(tmp_path):
                            '--coordinator_address=HOST:PORT of process 0, the '
                            'same on every process.\n'), result.stderr
   assert not (tmp_path / 'w').exists()
+
+
+def test_contrastive_negatives_span_processes(tmp_path):
+  """2 processes x 2 devices train the contrastive task like 1 x 4: the
+  global batch's negatives are gathered across processes."""
+  def command(workdir, *flags):
+    return main_command(workdir, str(tmp_path / 'data'), *flags,
+                        '--config.total_steps=6', '--config.eval_every=6',
+                        '--config.checkpoint_every=6', config=(
+                            'mmfusion/configs/seed.py:uniqueness_image,'
+                            'runlocal,task=contrastive'))
+  one = str(tmp_path / 'one')
+  subprocess.run(command(one), cwd=ROOT, check=True,
+                 env=subprocess_env(4), capture_output=True, timeout=300)
+  two = str(tmp_path / 'two')
+  address = f'127.0.0.1:{_free_port()}'
+  procs = [subprocess.Popen(
+      command(two, f'--coordinator_address={address}',
+              '--num_processes=2', f'--process_id={i}'),
+      cwd=ROOT, env=subprocess_env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert 'recall@1' in outputs[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               final_params(one), final_params(two))

@@ -275,3 +275,54 @@ def test_late_fusion_of_probabilities_is_refused_for_regression(data_dir):
   with pytest.raises(mmfusion.UserError if hasattr(mmfusion, 'UserError')
                      else Exception, match='late_logits or late_weighted'):
     build.run(config)
+
+
+# ------------------------------------------------- Each task's head once ---
+
+def _data(task_name):
+  from mmfusion.data import info as info_lib  # pylint: disable=g-import-not-at-top
+  targets = {'label': {'names': [str(i) for i in range(4)]},
+             'labels': {'names': ['p', 'q', 'r'], 'positives': [2, 5, 1],
+                        'examples': 8},
+             'target': {'names': ['y', 'z'], 'mean': [1.0, -2.0],
+                        'std': [2.0, 0.5]}}
+  return info_lib.DataInfo(
+      name='synthetic_interactions/redundancy', modalities=('image', 'text'),
+      classes=tuple(targets['label']['names']),
+      inputs={'image': ((100,), 'float32'), 'text': ((50,), 'float32')},
+      preprocessing={}, targets=targets)
+
+
+@pytest.mark.parametrize('fusion', ['concat', 'late_logits'])
+@pytest.mark.parametrize('task_config', [
+    {'name': 'classification'},
+    {'name': 'multilabel', 'class_balanced': True},
+    {'name': 'regression', 'loss_fn': 'mse'},
+    {'name': 'contrastive', 'towers': (('image',), ('text',)), 'width': 8},
+], ids=lambda c: c['name'])
+def test_every_task_head_trains_on_the_seed_model(task_config, fusion):
+  from mmfusion.configs import seed as seed_config  # pylint: disable=g-import-not-at-top
+  model_config = seed_config.get_config().model
+  model_config.fusion = fusion
+  data = _data(task_config['name'])
+  task = tasks.bind(tasks.make(ml_collections.ConfigDict(task_config)), data)
+  model = task.model(model_config)
+  rng = np.random.default_rng(0)
+  batch = {k: rng.normal(size=shape).astype(dtype) if dtype.kind == 'f' else
+           np.ones(shape, dtype) for k, (shape, dtype) in
+           data.batch_spec(8, task.TARGETS).items()}
+  if 'label' in batch:
+    batch['label'] = rng.integers(0, 4, 8).astype(np.int32)
+  if 'labels' in batch:
+    batch['labels'] = (rng.random((8, 3)) < 0.4).astype(np.float32)
+  params = model.init(jax.random.PRNGKey(0), batch)['params']
+  loss_fn = lambda p: task.loss(model.apply({'params': p}, batch)[0], batch)
+  (loss, shown), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      params)
+  assert np.isfinite(loss) and set(shown) == {task.TRAIN_METRIC}
+  # Every parameter learns, but the embeddings that stand in for an absent
+  # modality (all are present here).
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    name = jax.tree_util.keystr(path)
+    if 'missing_' not in name:
+      assert np.any(np.asarray(g) != 0), name

@@ -10,6 +10,8 @@ image features (100-d) -> Dense(64) + ReLU; text features (50-d) -> Dense(64)
       add tabular features (20-d) -> Dense(64) + ReLU as a third modality
   --config=mmfusion/configs/seed.py:regression_synergy  names starting with
       regression_ : the regression task on a continuous target (MAE kept)
+  --config=mmfusion/configs/seed.py:redundancy,task=contrastive  image vs
+      text towers (add loss=siglip for SigLIP's loss); recall@1 kept
   --config.model.fusion=tensor                       another fusion method
 """
 
@@ -19,9 +21,16 @@ from mmfusion.configs import common
 
 
 def get_config(arg: str = ''):
-  """`arg`: comma-separated; a synthetic_interactions config name, `runlocal`."""
+  """`arg`: comma-separated; a synthetic_interactions config name, `runlocal`,
+  `task=contrastive` (and `loss=siglip`)."""
   args = [a for a in (arg or '').split(',') if a]
-  variant = next((a for a in args if a != 'runlocal'), 'redundancy')
+  named = dict(a.split('=', 1) for a in args if '=' in a)
+  if set(named) - {'task', 'loss'} or named.get('task', 'contrastive') != (
+      'contrastive'):
+    raise ValueError(f'config arg {arg!r}: expected a synthetic_interactions '
+                     f'config name, runlocal, task=contrastive, loss=siglip')
+  variant = next((a for a in args if a != 'runlocal' and '=' not in a),
+                 'redundancy')
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 128
@@ -59,6 +68,12 @@ def get_config(arg: str = ''):
     config.model.encoders['tabular'] = {'name': 'mlp', 'features': 64}
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = ()
+  if named.get('task') == 'contrastive':
+    config.task = ml_collections.ConfigDict(
+        {'name': 'contrastive', 'loss_fn': named.get('loss', 'infonce'),
+         'width': 64, 'towers': (('image',), tuple(
+             m for m in config.data.modalities if m != 'image'))})
+    config.best_metric = 'recall@1'
   common.add_model_options(config.model)
   config.optimizer = common.adamw()
 
