@@ -129,7 +129,10 @@ def check_config(model_config):
       raise errors.UserError(
           f'{where} has no name; set e.g. --config.{where}.name=mlp.')
     registry.check_options(where, c)
-    encoders_lib.make_encoder(**c)
+    try:
+      encoders_lib.make_encoder(**c)
+    except errors.UserError as e:  # say which modality's encoder
+      raise errors.UserError(f'{where}: {e}') from None
   if model_config.dtype not in DTYPES:
     raise errors.unknown_name('model.dtype', model_config.dtype, DTYPES)
   if model_config.kernels not in kernels_lib.CHOICES:

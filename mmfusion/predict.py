@@ -3,6 +3,8 @@
   python -m mmfusion.predict --workdir=W --input=new.csv --out=preds.jsonl \\
       [--checkpoint=best|latest|STEP] [--member=K] [--embeddings=FILE.npy] \\
       [--skip_bad_rows]
+  python -m mmfusion.predict --workdir=W --split=test --out=preds.jsonl \\
+      [--embeddings=FILE.npy]    # a split of the run's own dataset
 
 The input is a manifest (see mmfusion/data/manifest.py) whose rows need no
 `label` or `split`: `id`, `image` and `audio` paths (relative to the input's
@@ -37,6 +39,9 @@ from mmfusion.runtime import cli
 _INPUT = flags.DEFINE_string(
     'input', None, 'CSV or JSONL file with one example per row (a manifest '
     'without label or split).')
+_SPLIT = flags.DEFINE_string(
+    'split', None, 'Instead of --input: a split of the dataset the run '
+    'trained on (ids: its `id` feature, else the example index).')
 CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'best', 'best (the best validation step), latest, or a '
     'step number.')
@@ -197,6 +202,46 @@ def run(workdir: str, input_path: str, out: str, *, checkpoint='best',
   return {'written': len(predictions.ids), 'skipped': len(bad)}
 
 
+def run_split(workdir: str, split: str, out: str, *, checkpoint='best',
+              member=None, embeddings=None) -> dict:
+  """--split: the predictions of a split of the run's own dataset, in its
+  order (what evaluation scored); UserError for bad input."""
+  from mmfusion import inference  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
+  model = inference.load(workdir, checkpoint, member)
+  builder = pipeline.get_builder(model.config.data)
+  pipeline.prepare(builder)
+  if split not in builder.info.splits:
+    raise errors.UserError(
+        f'--split={split}: {builder.info.full_name} has the splits '
+        f'{", ".join(builder.info.splits)}; pass one of them.')
+  source = builder.as_data_source(split=split)
+  outputs, ids = [], []
+  progress = Progress(len(source))
+  for batch in pipeline.eval_batches(source, batch_size=CHUNK,
+                                     modalities=model.data.modalities,
+                                     targets=()):
+    valid = batch.pop('valid')
+    start = len(ids)
+    ids += [_split_id(source, i) for i in range(start, start + valid.sum())]
+    outputs.append({k: v[valid] for k, v in model.apply_batch(batch).items()})
+    progress.update(len(ids))
+  merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  predictions = model.predictions(merged, ids)
+  if embeddings:
+    _embeddings(predictions, embeddings)
+  _write_lines(out, [json.dumps(r, ensure_ascii=False) + '\n'
+                     for r in predictions.rows()])
+  return {'written': len(ids), 'skipped': 0}
+
+
+def _split_id(source, i: int):
+  """The `id` feature of example i (bytes as text), else its index."""
+  value = source[i].get('id', i) if hasattr(source[i], 'get') else i
+  return value.decode() if isinstance(value, bytes) else value
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -205,14 +250,21 @@ def main(argv):
   cli.use_compilation_cache()
   logging.set_verbosity(logging.ERROR)  # TFDS and orbax chatter
   missing = [f'--{name}' for name, holder in (
-      ('workdir', cli.WORKDIR), ('input', _INPUT), ('out', cli.OUT))
-             if not holder.value]
+      ('workdir', cli.WORKDIR), ('out', cli.OUT)) if not holder.value]
   if missing:
     cli.fail(f'{" and ".join(missing)} must be given; see --help.')
+  if bool(_INPUT.value) == bool(_SPLIT.value):
+    cli.fail('pass either --input=FILE or --split=NAME (one of them); see '
+             '--help.')
   try:
-    done = run(cli.WORKDIR.value, _INPUT.value, cli.OUT.value,
-               checkpoint=CHECKPOINT.value, member=MEMBER.value,
-               embeddings=_EMBEDDINGS.value, skip_bad_rows=_SKIP.value)
+    if _SPLIT.value:
+      done = run_split(cli.WORKDIR.value, _SPLIT.value, cli.OUT.value,
+                       checkpoint=CHECKPOINT.value, member=MEMBER.value,
+                       embeddings=_EMBEDDINGS.value)
+    else:
+      done = run(cli.WORKDIR.value, _INPUT.value, cli.OUT.value,
+                 checkpoint=CHECKPOINT.value, member=MEMBER.value,
+                 embeddings=_EMBEDDINGS.value, skip_bad_rows=_SKIP.value)
   except errors.UserError as e:
     cli.fail(str(e))
   if done['skipped']:

@@ -102,7 +102,19 @@ def test_a_bad_value_is_one_line_exit_2_and_no_workdir(key, value, tmp_path,
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('mmfusion: error: '), err
   assert lines[0].endswith('.'), err
+  # The sentence names what to fix: the key, or (a module's option, a
+  # dataset's split) the name inside its value.
+  named = NAMED.get(key, key)
+  assert named in lines[0], (named, err)
   assert not os.path.exists(workdir)
+
+
+# What the sentence about a key names when it is not the key itself.
+NAMED = {'model.encoders': 'model.encoders', 'task': 'task',
+         'model.fusion': 'fusion',
+         'data.overrides': 'overrides', 'model.fusion_kwargs': 'fusion',
+         'model.early_encoder': 'model.early_encoder',
+         'data.extra_eval_splits': 'data.extra_eval_splits'}
 
 
 # The command itself (the sweep above calls what it calls after parsing):

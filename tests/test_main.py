@@ -44,7 +44,8 @@ def finished_workdir(tmp_path_factory, data_dir):
     ('--config.model.fusoin=concat', "the config has no key '--config.model.fusoin'"),
     ('--config.model.fusion=nope', "unknown fusion 'nope'; choose one of:"),
     ('--config.data.name=nope/x', "unknown dataset 'nope'; choose one of:"),
-    ('--config.model.encoders.image.name=nope', "unknown encoder 'nope'"),
+    ('--config.model.encoders.image.name=nope',
+     "model.encoders.image: unknown encoder 'nope'"),
 ])
 def test_bad_names_fail_in_one_sentence(flag, message, tmp_path):
   result = _main(f'--workdir={tmp_path / "w"}', flag)

@@ -236,6 +236,15 @@ def test_contrastive_trains_end_to_end_and_exports_embeddings(tmp_path,
               embeddings=emb)
   np.testing.assert_allclose(np.load(emb), np.concatenate([a, b], -1)[:4],
                              atol=1e-5)
+  # A whole split, ids with it, for retrieval elsewhere.
+  done = predict.run_split(workdir, 'test', str(tmp_path / 'test.jsonl'),
+                           checkpoint='latest', embeddings=str(
+                               tmp_path / 'test.npz'))
+  assert done['written'] == len(source)
+  saved = np.load(tmp_path / 'test.npz')
+  np.testing.assert_allclose(saved['a'], a, atol=1e-5)
+  with open(tmp_path / 'test.jsonl') as f:
+    assert [json.loads(l)['id'] for l in f] == list(range(len(source)))
 
 
 # ------------------------------------------------------------- Bad input ---
@@ -326,3 +335,40 @@ def test_every_task_head_trains_on_the_seed_model(task_config, fusion):
     name = jax.tree_util.keystr(path)
     if 'missing_' not in name:
       assert np.any(np.asarray(g) != 0), name
+
+
+def test_zero_shot_classifies_by_the_nearest_class_prompt():
+  from mmfusion.data import info as info_lib  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import tokenizer  # pylint: disable=g-import-not-at-top
+  data = info_lib.DataInfo(
+      name='av_digits/clean', modalities=('image', 'text'),
+      classes=('zero', 'one', 'two'),
+      inputs={'image': ((6,), 'float32'), 'text': ((8,), 'int32')},
+      preprocessing={'text': {'tokenizer': 'bytes'}},
+      targets={'label': {'names': ['zero', 'one', 'two']}})
+  task = tasks.bind(tasks.make(ml_collections.ConfigDict({
+      'name': 'contrastive', 'towers': (('image',), ('text',)), 'width': 4,
+      'zero_shot': True, 'prompt': 'a {}'})), data)
+  model_config = ml_collections.ConfigDict({
+      'encoders': {'image': {'name': 'mlp', 'features': 8},
+                   'text': {'name': 'gru', 'features': 8}},
+      'fusion': 'concat', 'fusion_kwargs': {}, 'early_encoder': {},
+      'head_hidden': (), 'remat': False, 'dtype': 'float32',
+      'kernels': 'flax'})
+  model = task.model(model_config)
+  batch = {'image': np.random.default_rng(0).normal(size=(5, 6)).astype(
+      np.float32), 'text': np.zeros((5, 8), np.int32)}
+  params = model.init(jax.random.PRNGKey(0), batch)['params']
+  out, _ = model.apply({'params': params}, batch)
+  # The prompts are tower b's embeddings of 'a zero', 'a one', 'a two'.
+  prompts = tokenizer.ByteTokenizer().encode(['a zero', 'a one', 'a two'], 8)
+  p, _ = model.apply({'params': params}, {'image': batch['image'][:3],
+                                          'text': prompts})
+  np.testing.assert_allclose(out['zero_shot'], out['a'] @ p['b'].T,
+                             atol=1e-6)
+  gathered = {k: np.asarray(out[k]) for k in task.per_example(out, batch)}
+  label = np.asarray(out['zero_shot']).argmax(-1)
+  label[0] = (label[0] + 1) % 3  # one of five wrong
+  got = task.scores(gathered, {'label': label})['zero_shot_accuracy']
+  assert got == pytest.approx(0.8)
+  assert task.TARGETS == ('label',)  # zero-shot is scored on the label

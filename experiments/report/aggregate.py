@@ -55,7 +55,11 @@ def mean_curves(records) -> dict:
 
 
 def derive(cells, records, costs, reference: str):
-  """Adds 'relative', 'effective', 'shapley' and 'loo' to each record."""
+  """Adds 'relative', 'effective', 'shapley' and 'loo' to each record.
+
+  For a metric where lower is better (MAE) the effective robustness and the
+  contributions are negated, so that positive always means better: degrades
+  less than late fusion, helps the prediction."""
   by_cell = {c['name']: [r for r in records if r['cell'] == c['name']]
              for c in cells}
   for cell in cells:
@@ -63,6 +67,8 @@ def derive(cells, records, costs, reference: str):
     ref_curves = mean_curves(by_cell[ref['name']]) if ref and by_cell[
         ref['name']] else {}
     modalities = sorted(cell['config'].data.modalities)
+    s = score(costs[cell['name']])
+    sign = 1.0 if s.higher else -1.0
     for r in by_cell[cell['name']]:
       r['relative'], r['effective'] = {}, {}
       for kind, per_target in r['curves'].items():
@@ -70,14 +76,14 @@ def derive(cells, records, costs, reference: str):
           r['relative'][f'{kind}/{target}'] = stats.relative_robustness(curve)
           lf = ref_curves.get(kind, {}).get(target)
           if lf is not None:
-            r['effective'][f'{kind}/{target}'] = stats.effective_robustness(
-                curve, lf)
-      s = score(costs[cell['name']])
+            r['effective'][f'{kind}/{target}'] = sign * (
+                stats.effective_robustness(curve, lf))
       r['shapley'], r['loo'] = {}, {}
       if len(modalities) > 1:
         value = stats.subset_value(r['test'], modalities, s.chance,
                                    metric=s.metric)
-        r['loo'] = stats.leave_one_out(value, modalities)
+        r['loo'] = {m: sign * v for m, v in stats.leave_one_out(
+            value, modalities).items()}
         if s.chance is not None:  # Shapley needs v of no modality
           r['shapley'] = stats.shapley_values(value, modalities)
 

@@ -85,8 +85,10 @@ def subset_columns(rows, metric=None):
   """`metric` (default: the primary) then `metric/<subset>` keys, largest
   subsets first."""
   metric = metric or score(rows).metric
-  keys = sorted({k for r in rows for k in r['test']
-                 if k.startswith(metric + '/')},
+  modalities = {m for r in rows for m in r['modalities']}
+  is_subset = lambda k: set(k.split('/', 1)[1].split('+')) <= modalities
+  keys = sorted({k for r in rows for k in r['test']  # not mae/<target>
+                 if k.startswith(metric + '/') and is_subset(k)},
                 key=lambda k: (-k.count('+'), k))
   return [metric] + keys
 
@@ -167,7 +169,7 @@ DEFINITIONS = """\
   with LF the late-fusion reference (`{reference}`, same other sweep values,
   mean over its seeds): {metric} kept beyond what late fusion would keep
   from the same clean {metric}; positive = degrades less than late fusion
-  (where higher is better).
+  (negated where lower is better, so this holds).
   MultiBench sums over levels and min-max normalises across methods; the
   normalised columns in robustness.md do the latter.
 - **Shapley value** of modality m: exact average over coalitions S of the
@@ -175,7 +177,8 @@ DEFINITIONS = """\
   v(S) is the test {metric} with only S present and v(∅) its chance value
   (accuracy: 1/C; mAP: the labels' mean rate of positives; not computed
   where the task fixes none). They add up to {metric} − chance.
-- **LOO drop** of m: v(all) − v(all without m).
+- **LOO drop** of m: v(all) − v(all without m), negated where lower is
+  better: positive = m helps.
 - **Pareto front**: cells that no other cell beats on both forward FLOPs
   (lower) and mean test {metric}.
 """

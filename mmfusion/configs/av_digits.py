@@ -19,6 +19,9 @@ Tasks (`task=NAME`, default classification of `label`):
       find a clip's own sound track among the others': towers (video,) and
       (audio,) (the first modality against the rest), InfoNCE; add
       loss=siglip for SigLIP's loss. Recall@1 kept.
+  --config=mmfusion/configs/av_digits.py:clean,modalities=image+text,task=contrastive
+      handwriting vs written words, with zero-shot digit classification by
+      the nearest English digit word
 """
 
 import ml_collections
@@ -99,7 +102,9 @@ def get_config(arg: str = ''):
   elif task == 'contrastive':
     config.task = ml_collections.ConfigDict(
         {'name': 'contrastive', 'loss_fn': loss, 'width': 64,
-         'towers': (modalities[:1], modalities[1:])})
+         'towers': (modalities[:1], modalities[1:]),
+         # image vs the digit's written word: classify by the class words
+         'zero_shot': modalities[1:] == ('text',), 'prompt': '{}'})
     config.best_metric = 'recall@1'
     config.model.fusion = 'concat'  # within a tower; one modality: pooled
   config.model.fusion_kwargs = {}

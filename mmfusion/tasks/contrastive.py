@@ -17,6 +17,12 @@ divided by the batch, as big_vision's siglip trainer does. Metrics, from the
 similarities of the whole split: recall@1/5/10 in both directions
 (`a_to_b/...`, `b_to_a/...`, and their mean `recall@K`) and median rank.
 
+Zero-shot classification (`zero_shot`, where the data has class names and
+tower b is byte-tokenised text alone): each class's prompt
+(`prompt.format(class name)`) is embedded by tower b, and each example's
+tower-a embedding is classified by the nearest prompt (`zero_shot_accuracy`,
+scored against `label`, which training never reads).
+
 Missing: an example with no modality present in a tower takes no part in the
 loss (neither as a positive nor as a negative) and is not scored.
 """
@@ -49,6 +55,7 @@ class TwoTowers(nn.Module):
   tower_b: nn.Module
   init_log_scale: float
   init_bias: float | None = None  # SigLIP's; None: no bias
+  prompts: tuple | None = None  # [C][L] token ids of class prompts (tower b)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -62,6 +69,13 @@ class TwoTowers(nn.Module):
       aux.update({k: v for k, v in tower_aux.items()
                   if k != 'embedding/fused'})
       aux[f'embedding/{side}'] = out[side]
+    if self.prompts is not None:  # zero-shot: the classes' text, tower b
+      tokens_CxL = jnp.asarray(self.prompts, jnp.int32)
+      (m,) = self.tower_b.encoders
+      p_CxD, _ = self.tower_b({m: tokens_CxL}, train=False)
+      p_CxD = p_CxD / jnp.maximum(
+          jnp.linalg.norm(p_CxD, axis=-1, keepdims=True), 1e-12)
+      out['zero_shot'] = out['a'] @ p_CxD.T  # [B, C] cosine similarities
     log_scale = self.param('log_scale', nn.initializers.constant(
         self.init_log_scale), ())
     out['log_scale'] = jnp.minimum(log_scale, MAX_LOG_SCALE)
@@ -99,12 +113,14 @@ class Contrastive(base.Task):
   towers: tuple[tuple[str, ...], tuple[str, ...]] = (('image',), ('text',))
   loss_fn: Literal['infonce', 'siglip'] = 'infonce'
   width: int = 128  # the shared embedding width
+  zero_shot: bool = False  # classify tower a by the nearest class prompt
+  prompt: str = '{}'  # a class's prompt, from its name
 
   NAME = 'contrastive'
   METRICS = {f'{d}recall@{k}': 'max' for d in ('', 'a_to_b/', 'b_to_a/')
              for k in (1, 5, 10)}
   METRICS.update({'a_to_b/median_rank': 'min', 'b_to_a/median_rank': 'min',
-                  'median_rank': 'min'})
+                  'median_rank': 'min', 'zero_shot_accuracy': 'max'})
   PRIMARY = 'recall@1'
   TRAIN_METRIC = 'accuracy'  # in-batch: the positive has the top logit
   TABLE = ('recall@1', 'recall@5', 'recall@10', 'median_rank', 'examples')
@@ -114,8 +130,24 @@ class Contrastive(base.Task):
   def num_outputs(self) -> int:
     return self.width
 
+  def direction(self, metric):
+    if metric == 'zero_shot_accuracy' and not self.zero_shot:
+      return None
+    return super().direction(metric)
+
+  @property
+  def TARGETS(self):  # pylint: disable=invalid-name
+    return ('label',) if self.zero_shot else ()
+
   def check_data(self, data):
     a, b = self.towers
+    if self.zero_shot and (
+        'label' not in data.targets or tuple(b) != ('text',) or
+        data.preprocessing.get('text', {}).get('tokenizer') != 'bytes'):
+      raise errors.UserError(
+          'task.zero_shot needs class names (a label) and tower b = '
+          f'(\'text\',) of byte tokens; {data.name} with towers '
+          f'{self.towers!r} has not; set --config.task.zero_shot=False.')
     where = '--config.task.towers'
     if not a or not b:
       raise errors.UserError(
@@ -146,7 +178,17 @@ class Contrastive(base.Task):
     towers = [models.from_config(model_config, self.width, modalities=mods)
               for mods in self.towers]
     return TwoTowers(*towers, init_log_scale=init_log_scale,
-                     init_bias=init_bias)
+                     init_bias=init_bias, prompts=self._prompts())
+
+  def _prompts(self):
+    """[C][L] byte tokens of the class prompts, or None."""
+    if not self.zero_shot:
+      return None
+    from mmfusion.data import tokenizer  # pylint: disable=g-import-not-at-top
+    (length,) = self.data.inputs['text'][0]
+    ids = tokenizer.ByteTokenizer().encode(
+        [self.prompt.format(c) for c in self.data.classes], length)
+    return tuple(tuple(int(i) for i in row) for row in ids)
 
   def _global(self, x):
     """`x` whole on every device: the global batch's negatives."""
@@ -169,7 +211,9 @@ class Contrastive(base.Task):
     return fn(logits_BxB, valid_B), {'accuracy': accuracy}
 
   def per_example(self, out, batch):
-    return {k: out[k] for k in ('a', 'b', 'present_a', 'present_b')}
+    keys = ('a', 'b', 'present_a', 'present_b') + (
+        ('zero_shot',) if self.zero_shot else ())
+    return {k: out[k] for k in keys}
 
   def outputs_of(self, gathered):
     return self.outputs(gathered)
@@ -188,6 +232,10 @@ class Contrastive(base.Task):
                             out[f'b_to_a/recall@{k}']) / 2
     out['median_rank'] = (out['a_to_b/median_rank'] +
                           out['b_to_a/median_rank']) / 2
+    if self.zero_shot:  # every example with tower a present
+      hit = np.asarray(gathered['zero_shot']).argmax(-1) == targets['label']
+      out['zero_shot_accuracy'] = float(
+          hit[np.asarray(gathered['present_a'])].mean())
     return out
 
   def mean_outputs(self, outputs_K):
