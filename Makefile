@@ -69,13 +69,9 @@ reports: $(VENV)/.reports
 	    --workdir=$(REPORTS)/regression_$$variant \
 	    --notes=$(REPORTS)/regression_$$variant/notes.md || exit 1; \
 	done
-	$(ABLATE) --config=mmfusion/configs/av_digits.py:video,task=multilabel \
-	  $(DATA) --sweep=model.fusion=concat,cross_attention,late_logits \
-	  --workdir=$(REPORTS)/av_digits_video_multilabel \
-	  --notes=$(REPORTS)/av_digits_video_multilabel/notes.md
 	$(ABLATE) --config=mmfusion/configs/av_digits.py:video,task=contrastive \
 	  $(DATA) --sweep=task.loss_fn=infonce,siglip \
-	  --sweep=model.encoders.video.num_layers=0,1 \
+	  --sweep=model.encoders.video.num_layers=0,1 --corruptions= \
 	  --workdir=$(REPORTS)/av_digits_video_retrieval \
 	  --notes=$(REPORTS)/av_digits_video_retrieval/notes.md
 	$(ABLATE) $(SEED):synergy $(DATA) \
