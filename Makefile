@@ -70,8 +70,7 @@ reports: $(VENV)/.reports
 	    --notes=$(REPORTS)/regression_$$variant/notes.md || exit 1; \
 	done
 	$(ABLATE) --config=mmfusion/configs/av_digits.py:video,task=contrastive \
-	  $(DATA) --sweep=task.loss_fn=infonce,siglip \
-	  --sweep=model.encoders.video.num_layers=0,1 --corruptions= \
+	  $(DATA) --sweep=model.encoders.video.num_layers=0,1 --corruptions= \
 	  --workdir=$(REPORTS)/av_digits_video_retrieval \
 	  --notes=$(REPORTS)/av_digits_video_retrieval/notes.md
 	$(ABLATE) $(SEED):synergy $(DATA) \

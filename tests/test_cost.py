@@ -89,3 +89,12 @@ def test_command_fails_on_a_bad_name_in_one_sentence():
   assert result.returncode == 2
   assert result.stderr.startswith("mmfusion: error: unknown fusion 'nope'")
   assert 'Traceback' not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_contrastive_run_is_costed_with_its_task():
+  config = seed_config.get_config('runlocal,task=contrastive')
+  report = cost.report(config, batch_size=B)
+  assert report['task'] == 'contrastive' and report['metric'] == 'recall@1'
+  assert report['higher_is_better'] and report['chance'] is None
+  assert report['kernels'] in ('flax', 'xla_cpu')
+  assert report['train_step']['flops'] > report['forward']['flops'] > 0

@@ -79,7 +79,8 @@ def derive(cells, records, costs, reference: str):
             r['effective'][f'{kind}/{target}'] = sign * (
                 stats.effective_robustness(curve, lf))
       r['shapley'], r['loo'] = {}, {}
-      if len(modalities) > 1:
+      # Tasks scored on modality subsets only (not contrastive towers).
+      if len(modalities) > 1 and f'{s.metric}/{modalities[0]}' in r['test']:
         value = stats.subset_value(r['test'], modalities, s.chance,
                                    metric=s.metric)
         r['loo'] = {m: sign * v for m, v in stats.leave_one_out(

@@ -258,7 +258,7 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
         '## Curves\n\n' + per_curve, skipped_text]))
     written.append('robustness.md')
 
-  multimodal = len(rows[0]['modalities']) > 1
+  multimodal = len(rows[0]['modalities']) > 1 and any(r['loo'] for r in rows)
   if multimodal:
     plots.contribution_bars(rows, os.path.join(workdir, 'contributions.png'),
                             rows[0]['modalities'], s.metric)
@@ -315,7 +315,10 @@ def _report(rows, meta, main, panels, front, skipped_text, multimodal) -> str:
       '.\n\n![pareto](pareto.png)',
       f'## Missing modalities\n\nTest {metric} with only these modalities '
       f'present.\n\n{subset_table(rows)}\n\n'
-      '![missing modalities](missing_modality.png)']
+      '![missing modalities](missing_modality.png)'
+      if len(subset_columns(rows)) > 1 else
+      '## Missing modalities\n\nNot scored: the task does not score modality '
+      'subsets (contrastive towers pair one group with the other).']
   if panels:
     parts.append(
         '## Robustness to test-time corruptions\n\n'

@@ -57,6 +57,11 @@ class TwoTowers(nn.Module):
   init_bias: float | None = None  # SigLIP's; None: no bias
   prompts: tuple | None = None  # [C][L] token ids of class prompts (tower b)
 
+  @property
+  def kernels(self):
+    """The op set both towers were built with (what `mmfusion.cost` names)."""
+    return self.tower_a.kernels
+
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
     out, aux = {}, {}
