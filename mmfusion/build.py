@@ -65,7 +65,7 @@ def create_train_state(model, tx, example_batch, seed,
 def check_config(config):
   """Fails in one sentence on anything in `config` that no run could use:
   each key's type and range (`schema`), then what spans keys; everything
-  after it trusts the config."""
+  after it trusts the config. Returns the task, not yet bound to data."""
   schema.check(config)
   models.check_config(config.model)
   task = tasks.make(config.task)
@@ -89,6 +89,7 @@ def check_config(config):
     raise errors.UserError(
         f'grad_accum_steps={accum} does not divide the per-process batch of '
         f'{per_process}; pick a divisor.')
+  return task
 
 
 def check_best(config, task):
@@ -178,8 +179,7 @@ class Run:
 def run(config, *, data: info_lib.DataInfo | None = None) -> Run:
   """Checks `config` and builds its run. With `data` (a saved DataInfo) the
   dataset is not opened: what `mmfusion.load` does with a workdir."""
-  check_config(config)
-  task = tasks.make(config.task)
+  task = check_config(config)
   builder = None
   if data is None:
     builder = pipeline.get_builder(config.data)

@@ -1,6 +1,7 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`.
 
-The pure core is `train_step(state, batch, *, model, tx)`; the loop around it
+The pure core is `train_step(state, batch, *, model, task, tx)` (the task,
+`mmfusion.tasks`, gives the loss); the loop around it
 places data on the mesh, logs, evaluates, checkpoints and handles preemption.
 Randomness of step s is `fold_in(state.rng, s)`, so a resumed run draws what an
 uninterrupted one does. Everything the loop trains is built by `build.run`.

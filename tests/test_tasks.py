@@ -16,6 +16,7 @@ import pytest
 import mmfusion
 from mmfusion import build, checkpoint, evaluate, main, tasks, train
 from mmfusion.data import pipeline
+from mmfusion.runtime import errors
 from mmfusion.tasks import contrastive
 from mmfusion.tasks import metrics
 from tests.helpers import read_metrics, tiny_config
@@ -131,7 +132,6 @@ def test_multilabel_trains_scores_and_predicts_label_probabilities(
 
 
 def test_class_balanced_weights_positives_by_rarity():
-  task = tasks.multilabel.Multilabel(class_balanced=True)
   data = type('D', (), {'targets': {'labels': {
       'names': ['a', 'b'], 'positives': [1, 3], 'examples': 4}}})()
   task = tasks.multilabel.Multilabel(class_balanced=True, data=data)
@@ -281,8 +281,7 @@ def test_a_task_that_does_not_fit_is_one_sentence(task, message, tmp_path,
 def test_late_fusion_of_probabilities_is_refused_for_regression(data_dir):
   config = tiny_config(data_dir, 'regression_synergy')
   config.model.fusion = 'late_poe'
-  with pytest.raises(mmfusion.UserError if hasattr(mmfusion, 'UserError')
-                     else Exception, match='late_logits or late_weighted'):
+  with pytest.raises(errors.UserError, match='late_logits or late_weighted'):
     build.run(config)
 
 

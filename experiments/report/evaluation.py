@@ -1,4 +1,5 @@
-"""Test-time robustness of a trained run: accuracy under each corruption of
+"""Test-time robustness of a trained run: its task's primary metric (accuracy
+for classification) under each corruption of
 `mmfusion.data.transforms` at severity 0 (clean) .. 5, read from the run's
 latest checkpoint.
 
