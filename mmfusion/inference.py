@@ -219,8 +219,9 @@ def _input(value, shape, dtype, how: dict, root: str) -> np.ndarray:
   """
   is_image = len(shape) == 3 and dtype == np.uint8
   if isinstance(value, str):
-    if how.get('tokenizer') == 'bytes':
-      return tokenizer.ByteTokenizer().encode(value.strip(), shape[0])[0]
+    if 'tokenizer' in how:
+      return tokenizer.of_preprocessing(how).encode([value.strip()],
+                                                    shape[0])[0]
     if 'sample_rate' in how:
       return manifest.read_audio(_path(value, root), how['sample_rate'],
                                  shape[0])

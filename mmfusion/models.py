@@ -20,10 +20,12 @@ Modalities are visited in sorted order, as JAX visits dict keys.
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mmfusion import encoders as encoders_lib
 from mmfusion import fusion as fusion_lib
+from mmfusion import pretrained
 from mmfusion.nn import heads
 from mmfusion.nn import kernels as kernels_lib
 from mmfusion.nn import layers
@@ -49,6 +51,17 @@ def _zero_absent(x, present_B):
   return jnp.where(keep, x, jnp.zeros_like(x))
 
 
+def _frozen(cfg) -> bool:
+  return cfg.get('finetune', 'full') == 'frozen'
+
+
+def _stop_frozen(variables):
+  """An encoder's variables with gradients stopped, but for `proj`."""
+  keep = pretrained.TRAINABLE_WHEN_FROZEN
+  return {c: {k: v if k == keep else jax.lax.stop_gradient(v)
+              for k, v in tree.items()} for c, tree in variables.items()}
+
+
 class MultimodalModel(nn.Module):
   """Encoders, one fusion module and a head; returns (out_BxO, aux)."""
   encoders: Mapping[str, Mapping[str, Any]]  # modality -> {'name': ..., opts}
@@ -62,15 +75,20 @@ class MultimodalModel(nn.Module):
   kernels: kernels_lib.Kernels = kernels_lib.FLAX  # handed to every module
 
   def _encoder(self, cfg, name):
-    cfg = dict(cfg)
+    opts = pretrained.module_options(cfg)
     return encoders_lib.make_encoder(
-        cfg.pop('name'), module_name=name, **cfg, dtype=self.dtype,
+        opts.pop('name'), module_name=name, **opts, dtype=self.dtype,
         kernels=self.kernels)
 
-  def _encode(self, encoder, x, train: bool):
+  def _encode(self, encoder, x, train: bool, frozen: bool = False):
     """`encoder(x, train=train)`, its activations recomputed in the backward
-    pass with `remat` (`train` stays a Python bool, closed over)."""
+    pass with `remat` (`train` stays a Python bool, closed over); a frozen
+    encoder's parameters (all but a new `proj`) pass through stop_gradient,
+    so XLA drops their backward pass."""
     call = lambda module, x: module(x, train=train)
+    if frozen:
+      call = nn.map_variables(call, 'params', trans_in_fn=_stop_frozen,
+                              init=True)
     return (nn.remat(call) if self.remat else call)(encoder, x)
 
   def _fusion(self):
@@ -97,7 +115,8 @@ class MultimodalModel(nn.Module):
       return self._head('head')(aux['embedding/fused']), aux
 
     encoded = {m: self._encode(self._encoder(self.encoders[m], f'encoder_{m}'),
-                               inputs[m], train) for m in modalities}
+                               inputs[m], train, _frozen(self.encoders[m]))
+               for m in modalities}
     for m, (tokens, mask) in encoded.items():
       aux[f'embedding/{m}'] = layers.masked_mean(tokens, mask)
     if stage == 'intermediate':
@@ -128,9 +147,11 @@ def check_config(model_config):
     if 'name' not in c:
       raise errors.UserError(
           f'{where} has no name; set e.g. --config.{where}.name=mlp.')
-    registry.check_options(where, c)
+    pretrained.check(where, c)
+    options = pretrained.module_options(c)
+    registry.check_options(where, options)
     try:
-      encoders_lib.make_encoder(**c)
+      encoders_lib.make_encoder(**options)
     except errors.UserError as e:  # say which modality's encoder
       raise errors.UserError(f'{where}: {e}') from None
   if model_config.dtype not in DTYPES:

@@ -87,7 +87,10 @@ class AvDigitsConfig(tfds.core.BuilderConfig):
   train_speakers: int = 500  # (voice, rate, pitch) draws saying all 10 digits
   eval_speakers: int = 60  # the same per evaluation split
   audio_samples: int = 12_000  # 0.75 s at 16 kHz; longer words are cut
-  text_length: int = 16  # bytes
+  text_length: int = 16  # tokens: bytes, or WordPiece ids
+  # 'bytes', or a BERT checkpoint whose WordPiece ids the text becomes (what
+  # a pretrained `bert` text encoder reads), e.g. 'all-MiniLM-L6-v2'.
+  text_tokenizer: str = 'bytes'
   typos: float = 0.5  # mean number of typos per word (Poisson)
   # noisy: how many modalities an example loses, and how badly
   num_corrupted: tuple[int, int] = (1, 2)  # inclusive range
@@ -258,7 +261,7 @@ def digit_examples(c: AvDigitsConfig, split: str, n: int):
   voice_ids, bank = speech_bank(
       split, c.train_speakers if split == 'train' else c.eval_speakers, c.seed)
   spectrum = speech_spectrum([w for ws in bank for w in ws], c.audio_samples)
-  tok = tokenizer.ByteTokenizer()
+  tok = tokenizer.for_text(c.text_tokenizer)
   for key, i in enumerate(order):
     digit = int(labels[i])
     image = images[i][..., None]
@@ -279,7 +282,7 @@ def digit_examples(c: AvDigitsConfig, split: str, n: int):
       if hit[2]:
         text = corrupt.random_letters(rng)
     yield key, {'image': image, 'audio': audio,
-                'text': tok.encode(text, c.text_length)[0], 'label': digit,
+                'text': tok.encode([text], c.text_length)[0], 'label': digit,
                 'corrupted': hit, 'voice': voice_ids[speaker]}
 
 

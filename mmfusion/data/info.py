@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from mmfusion.data import tokenizer
 from mmfusion.runtime import files
 
 FILE = 'data_info.json'
@@ -134,7 +135,8 @@ def from_builder(builder, data_config, stats=()) -> DataInfo:
       preprocessing[m] = {'sample_rate': int(getattr(bconfig, 'sample_rate',
                                                      16_000))}
     elif m == 'text' and dtype.kind in 'iu':
-      preprocessing[m] = {'tokenizer': 'bytes'}
+      preprocessing[m] = tokenizer.preprocessing(
+          getattr(bconfig, 'text_tokenizer', 'bytes'))
     elif m == 'tabular' and hasattr(builder, 'numeric_columns'):
       preprocessing[m] = {'columns': builder.numeric_columns()}
     else:

@@ -7,6 +7,7 @@ Pure numpy; no JAX.
 """
 
 import collections
+import functools
 import json
 import os
 import re
@@ -144,3 +145,25 @@ def load_tokenizer(path: str) -> ByteTokenizer | WordTokenizer:
   raise errors.UserError(
       f'{path!r} holds no known tokenizer type ({kind!r}); '
       f"expected 'byte' or 'word'.")
+
+
+@functools.lru_cache(maxsize=8)  # one read of a tokenizer file per process
+def for_text(name: str):
+  """What a builder encodes text with: 'bytes' (`ByteTokenizer`), or a BERT
+  checkpoint (a `pretrained.bert` name or folder) whose WordPiece ids a
+  pretrained text encoder reads. Both have `encode(texts, length)`."""
+  if name == 'bytes':
+    return ByteTokenizer()
+  from mmfusion.data import wordpiece  # pylint: disable=g-import-not-at-top
+  return wordpiece.from_checkpoint(name)
+
+
+def preprocessing(name: str) -> dict:
+  """How DataInfo records the tokenizer `for_text(name)` builds."""
+  return ({'tokenizer': 'bytes'} if name == 'bytes' else
+          {'tokenizer': 'wordpiece', 'checkpoint': name})
+
+
+def of_preprocessing(how: dict):
+  """The tokenizer DataInfo's `preprocessing` entry names."""
+  return for_text(how.get('checkpoint', 'bytes'))

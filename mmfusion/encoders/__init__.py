@@ -2,7 +2,8 @@
 
 Every encoder maps one modality's batch array to `(tokens_BxTxD, mask_BxT)`,
 with `D == features` and `mask` True for real tokens; a pooled encoder gives
-one token. See each module's docstring for its input and the paper it follows.
+one token. See each module's docstring for its input and the paper it follows;
+those marked pretrained load weights (`mmfusion.pretrained`).
 """
 
 import flax.linen as nn
@@ -10,8 +11,11 @@ import flax.linen as nn
 from mmfusion.nn import registry
 
 from mmfusion.encoders import audio
+from mmfusion.encoders import bert
+from mmfusion.encoders import efficientnet
 from mmfusion.encoders import image
 from mmfusion.encoders import series
+from mmfusion.encoders import speech_embedding
 from mmfusion.encoders import text
 from mmfusion.encoders import vector
 from mmfusion.encoders import video
@@ -23,13 +27,16 @@ ENCODERS: dict[str, type[nn.Module]] = {
     'cnn': image.Cnn,
     'resnet': image.ResNet,
     'vit': image.ViT,
+    'efficientnet_lite': efficientnet.EfficientNetLite,  # pretrained
     # token ids [B, L], 0 = padding
     'gru': text.TextGru,
     'lstm': text.TextLstm,
     'text_transformer': text.TextTransformer,
+    'bert': bert.Bert,  # pretrained; WordPiece ids
     # waveforms [B, S]
     'audio_cnn': audio.AudioCnn,
     'audio_transformer': audio.AudioTransformer,
+    'speech_embedding': speech_embedding.SpeechEmbedding,  # pretrained
     # videos [B, F, H, W, C]
     'video_pool': video.VideoPool,
     'video_transformer': video.VideoTransformer,

@@ -1,0 +1,116 @@
+"""How an encoder trains: frozen, fine-tuned at its own rate, loaded from a
+checkpoint at init (mmfusion.pretrained, build.make_optimizer)."""
+
+import functools
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from mmfusion import build, pretrained, train
+from mmfusion.configs import av_digits
+from mmfusion.data import pipeline
+from mmfusion.pretrained import speech_embedding
+from mmfusion.runtime import errors
+from tests import helpers
+from tests.test_av_digits import TINY as TINY_AV_DATA
+
+
+def _run(data_dir, **image_options):
+  config = helpers.tiny_config(data_dir)
+  config.model.encoders.image.update(image_options)
+  return build.run(config)
+
+
+def _one_step(run, state):
+  pipeline.prepare(run.builder)
+  batch = next(pipeline.eval_batches(
+      run.builder.as_data_source('train'), batch_size=run.config.batch_size,
+      modalities=run.config.data.modalities, targets=run.task.TARGETS))
+  batch = {k: batch[k] for k in run.batch_spec()}
+  step = jax.jit(functools.partial(train.train_step, model=run.model,
+                                   task=run.task, tx=run.tx))
+  state, _ = step(state, batch)  # step 0: warmup starts at a rate of 0
+  return step(state, batch)
+
+
+def _bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def test_a_frozen_encoder_gets_no_update_and_no_optimizer_state(data_dir):
+  full, frozen = _run(data_dir), _run(data_dir, finetune='frozen')
+  state_full, state = full.init_state(), frozen.init_state()
+  encoder = state.params['encoder_image']
+  # Adam keeps two moments per trainable parameter; none for the encoder's.
+  assert (_bytes(state_full.opt_state) - _bytes(state.opt_state) ==
+          2 * _bytes(encoder))
+  after, metrics = _one_step(frozen, state)
+  assert float(metrics['loss']) > 0
+  for a, b in zip(jax.tree.leaves(encoder),
+                  jax.tree.leaves(after.params['encoder_image'])):
+    np.testing.assert_array_equal(a, b)
+  for name in ('encoder_text', 'head'):
+    moved = [np.any(a != b) for a, b in zip(
+        jax.tree.leaves(state.params[name]),
+        jax.tree.leaves(after.params[name]))]
+    assert all(moved), name
+
+
+def test_lr_scale_scales_only_its_encoders_updates(data_dir):
+  deltas = []
+  for run in (_run(data_dir), _run(data_dir, lr_scale=0.25)):
+    state = run.init_state()  # the same parameters: the same seed
+    after, _ = _one_step(run, state)
+    deltas.append(jax.tree.map(lambda a, b: np.asarray(b - a),
+                               state.params, after.params))
+  for name, ratio in (('encoder_image', 0.25), ('encoder_text', 1.0),
+                      ('head', 1.0)):
+    for one, scaled in zip(jax.tree.leaves(deltas[0][name]),
+                           jax.tree.leaves(deltas[1][name])):
+      assert np.any(one != 0)
+      np.testing.assert_allclose(scaled, ratio * one, rtol=1e-5, atol=1e-7)
+
+
+def test_a_checkpoint_is_loaded_at_init_and_frozen_keeps_proj_trainable(
+    data_dir):
+  config = av_digits.get_config('audio,runlocal,pretrained=audio,'
+                                'finetune=frozen')
+  config.data.data_dir = data_dir
+  config.data.overrides = TINY_AV_DATA
+  config.batch_size = 8
+  run = build.run(config)
+  state = run.init_state()
+  params = state.params['encoder_audio']
+  packaged = speech_embedding.tensors('speech-embedding')
+  for name, leaf in pretrained.weights.flat_names(params).items():
+    if name.startswith('proj/'):
+      continue
+    np.testing.assert_array_equal(leaf, packaged[name])
+  labels = pretrained.labels(state.params, config.model.encoders)
+  assert set(jax.tree.leaves(labels['encoder_audio']['net'])) == {'frozen'}
+  assert set(jax.tree.leaves(labels['encoder_audio']['proj'])) == {'train'}
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'finetune': 'thaw'}, "unknown model.encoders.image.finetune 'thaw'"),
+    ({'lr_scale': 0.0},
+     'model.encoders.image.lr_scale=0.0 must be a positive number'),
+    ({'checkpoint': 'my-weights'},
+     "encoder 'mlp' has no pretrained weights to load; set a checkpoint "
+     'only on bert, efficientnet_lite, speech_embedding.'),
+])
+def test_bad_run_options_of_an_encoder_are_one_sentence(data_dir, options,
+                                                        message):
+  with pytest.raises(errors.UserError, match='^' + re.escape(message)):
+    _run(data_dir, **options)
+
+
+def test_an_option_that_disagrees_with_the_checkpoint_is_one_sentence():
+  options = {'name': 'efficientnet_lite', 'features': 8, 'width': 1.2,
+             'checkpoint': 'efficientnet-lite0'}
+  with pytest.raises(errors.UserError, match=(
+      r"^encoder 'efficientnet_lite' option width=1.2 disagrees with its "
+      r"checkpoint 'efficientnet-lite0' \(width=1.0\)")):
+    pretrained.module_options(options)
