@@ -71,7 +71,8 @@ def _per_encoder(tx, encoders) -> optax.GradientTransformation:
   """`tx` on what trains; a frozen encoder's parameters get no update and
   no optimizer state (`optax.multi_transform` with `set_to_zero`), and an
   encoder's `lr_scale` scales its updates. Unchanged without either."""
-  if any(c.get('finetune', 'full') == 'frozen' for c in encoders.values()):
+  if any(c.get('finetune', 'full') in ('frozen', 'lora')
+         for c in encoders.values()):
     tx = optax.multi_transform(
         {'train': tx, 'frozen': optax.set_to_zero()},
         lambda params: pretrained.labels(params, encoders))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from mmfusion import encoders as encoders_lib
 from mmfusion import fusion as fusion_lib
 from mmfusion import pretrained
+from mmfusion.pretrained import lora
 from mmfusion.nn import heads
 from mmfusion.nn import kernels as kernels_lib
 from mmfusion.nn import layers
@@ -49,10 +50,6 @@ def _zero_absent(x, present_B):
   """Absent modalities' inputs become zeros, so their values cannot leak."""
   keep = present_B.reshape(present_B.shape + (1,) * (x.ndim - 1))
   return jnp.where(keep, x, jnp.zeros_like(x))
-
-
-def _frozen(cfg) -> bool:
-  return cfg.get('finetune', 'full') == 'frozen'
 
 
 def _stop_frozen(variables):
@@ -80,16 +77,33 @@ class MultimodalModel(nn.Module):
         opts.pop('name'), module_name=name, **opts, dtype=self.dtype,
         kernels=self.kernels)
 
-  def _encode(self, encoder, x, train: bool, frozen: bool = False):
+  def _encode(self, encoder, x, train: bool, cfg=None, m: str = ''):
     """`encoder(x, train=train)`, its activations recomputed in the backward
-    pass with `remat` (`train` stays a Python bool, closed over); a frozen
+    pass with `remat` (`train` stays a Python bool, closed over). A frozen
     encoder's parameters (all but a new `proj`) pass through stop_gradient,
-    so XLA drops their backward pass."""
+    so XLA drops their backward pass; under LoRA they also get the low-rank
+    updates of the model's `lora_<m>` (`pretrained.lora`)."""
     call = lambda module, x: module(x, train=train)
-    if frozen:
+    finetune = (cfg or {}).get('finetune', 'full')
+    if finetune == 'frozen':
       call = nn.map_variables(call, 'params', trans_in_fn=_stop_frozen,
                               init=True)
+    elif finetune == 'lora':
+      factors = self._lora_factors(encoder, x, cfg, m)
+      call = nn.map_variables(call, 'params', init=True,
+                              trans_in_fn=lora.adapted(factors))
     return (nn.remat(call) if self.remat else call)(encoder, x)
+
+  def _lora_factors(self, encoder, x, cfg, m: str):
+    """The LoRA factors of encoder `m`, shaped from its projections (an
+    abstract init: nothing is computed)."""
+    shapes = jax.eval_shape(
+        lambda x: encoder.clone(parent=None).init(jax.random.key(0), x),
+        jax.ShapeDtypeStruct(x.shape, x.dtype))['params']
+    found = lora.targets(shapes)
+    lora.check(cfg['name'], found)
+    return self.param(f'lora_{m}', lora.init_factors(
+        found, int(cfg.get('lora_rank', pretrained.LORA_RANK))))
 
   def _fusion(self):
     return fusion_lib.make_fusion(
@@ -115,7 +129,7 @@ class MultimodalModel(nn.Module):
       return self._head('head')(aux['embedding/fused']), aux
 
     encoded = {m: self._encode(self._encoder(self.encoders[m], f'encoder_{m}'),
-                               inputs[m], train, _frozen(self.encoders[m]))
+                               inputs[m], train, self.encoders[m], m)
                for m in modalities}
     for m, (tokens, mask) in encoded.items():
       aux[f'embedding/{m}'] = layers.masked_mean(tokens, mask)

@@ -163,7 +163,6 @@ def _key_flags(argv):
   return sorted(a for a in argv if not a.startswith(skip))
 
 
-@pytest.mark.skipif(shutil.which('make') is None, reason='needs make')
 def test_make_reports_reruns_every_committed_report(tmp_path):
   commands = _make_reports_commands(tmp_path)
   reports = os.path.join(ROOT, 'experiments', 'reports')

@@ -23,6 +23,7 @@ def _seed_spec():
   return specs.get_spec('seed', batch_size=8)
 
 
+@pytest.mark.slow  # the harness in child processes
 @pytest.mark.parametrize('isolate,repeats', [('--isolate', 1),
                                              ('--noisolate', 2)])
 def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
@@ -51,6 +52,7 @@ def test_command_line_times_the_seed_model_without_pytorch(tmp_path, data_dir,
   assert float(pipe.split('|')[4].replace(',', '')) > 0  # examples/s
 
 
+@pytest.mark.slow  # the harness in child processes
 def test_a_row_in_its_own_process_comes_back_as_json(monkeypatch):
   """What --isolate does per row: a `--row` child gets this run's flags and
   returns its row, its CPU readings and its PyTorch line."""
@@ -94,8 +96,9 @@ def test_flax_rows_set_the_kernels_key():
   assert specs.takes_kernels(specs.get_spec('seed', 'cross_attention'))
 
 
+@pytest.mark.slow  # the harness in child processes
 def test_pytorch_runs_side_by_side_in_a_child_process():
-  pytest.importorskip('torch')
+  import torch  # pylint: disable=g-import-not-at-top,unused-import
   from benchmarks import torch_bench  # pylint: disable=g-import-not-at-top
   worker = torch_bench.Worker()
   try:
@@ -118,7 +121,7 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
     ('seed_3mod', 'nlgate'), ('seed_3mod', 'multiplicative'),
     ('seed_3mod', 'film'), ('seed_3mod', 'cross_attention')])
 def test_pytorch_port_computes_the_same_logits(name, fusion):
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   spec = specs.get_spec(name.removesuffix('_3mod'), fusion, batch_size=4)
   if name == 'seed_3mod':  # two other modalities to attend, merge or condition on
@@ -154,6 +157,7 @@ def test_pytorch_port_computes_the_same_logits(name, fusion):
   np.testing.assert_allclose(ours.numpy(), logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # the harness in child processes
 def test_whole_runs_times_k_sequential_runs_against_one_vmapped(tmp_path,
                                                                  data_dir):
   from benchmarks import whole_runs  # pylint: disable=g-import-not-at-top
@@ -185,6 +189,7 @@ def test_whole_runs_times_k_sequential_runs_against_one_vmapped(tmp_path,
   np.testing.assert_allclose(members, seeds, atol=0.02)
 
 
+@pytest.mark.slow  # the harness in child processes
 def test_op_profile_sums_the_step_ops_of_a_trace():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
   proc = subprocess.run(

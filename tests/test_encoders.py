@@ -47,10 +47,12 @@ TINY = {
     'lstm': ('text', dict()),
     'text_transformer': ('text', dict(max_len=16, class_token=True, **_ATTN)),
     'bert': ('text', dict(vocab_size=16, hidden_size=8, num_layers=1,
-                          num_heads=2, mlp_dim=16, max_len=8, dropout=0.1)),
+                          num_heads=2, mlp_dim=16, max_len=12, dropout=0.1)),
     'audio_cnn': ('audio', dict(channels=(4,), groups=2, **_SPEC)),
     'audio_transformer': ('audio', dict(patch_size=4, **_ATTN, **_SPEC)),
     'speech_embedding': ('audio', dict(hop_frames=76)),  # its fixed network
+    'whisper': ('audio', dict(d_model=8, num_layers=1, num_heads=2, mlp_dim=16,
+                              max_source_positions=8, max_seconds=None)),
     'video_pool': ('video', dict(frame_options=dict(channels=(4,)))),
     'video_transformer': ('video', dict(frame_encoder='mlp', **_ATTN)),
     'tubelet': ('video', dict(tubelet_size=2, patch_size=4, **_ATTN)),
@@ -101,7 +103,7 @@ def test_encoder_contract(name):
   assert not dead, f'zero gradient for {dead}'
 
 
-@pytest.mark.parametrize('name', ['gru', 'lstm', 'text_transformer'])
+@pytest.mark.parametrize('name', ['gru', 'lstm', 'text_transformer', 'bert'])
 def test_padding_does_not_change_real_tokens(name):
   extra = dict(num_layers=2) if name == 'gru' else {}  # stacked, bidirectional
   model, ids = _build(name, dropout=0.0, **extra)

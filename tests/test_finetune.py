@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmfusion import build, pretrained, train
+from mmfusion import build, models, pretrained, train
 from mmfusion.configs import av_digits
 from mmfusion.data import pipeline
 from mmfusion.pretrained import speech_embedding
@@ -99,7 +99,7 @@ def test_a_checkpoint_is_loaded_at_init_and_frozen_keeps_proj_trainable(
      'model.encoders.image.lr_scale=0.0 must be a positive number'),
     ({'checkpoint': 'my-weights'},
      "encoder 'mlp' has no pretrained weights to load; set a checkpoint "
-     'only on bert, efficientnet_lite, speech_embedding.'),
+     'only on bert, efficientnet_lite, speech_embedding, whisper.'),
 ])
 def test_bad_run_options_of_an_encoder_are_one_sentence(data_dir, options,
                                                         message):
@@ -114,3 +114,51 @@ def test_an_option_that_disagrees_with_the_checkpoint_is_one_sentence():
       r"^encoder 'efficientnet_lite' option width=1.2 disagrees with its "
       r"checkpoint 'efficientnet-lite0' \(width=1.0\)")):
     pretrained.module_options(options)
+
+
+def _text_model(**run_options):
+  text = {'name': 'bert', 'features': 8, 'vocab_size': 16, 'hidden_size': 8,
+          'num_layers': 2, 'num_heads': 2, 'mlp_dim': 16, 'max_len': 8,
+          **run_options}
+  return models.MultimodalModel(encoders={'text': text}, fusion='concat',
+                                num_outputs=3)
+
+
+def test_lora_starts_at_the_frozen_function_and_trains_only_its_factors():
+  ids = {'text': np.array([[5, 7, 9, 3], [4, 8, 0, 0]], np.int32)}
+  model = _text_model(finetune='lora', lora_rank=2)
+  params = jax.jit(model.init)(jax.random.key(0), ids)['params']
+  # q, k, v and out of each of the 2 layers, rank 2.
+  factors = params['lora_text']
+  assert len(factors) == 8
+  assert factors['layer_0.attention.query.kernel']['a'].shape == (8, 2)
+  assert factors['layer_1.attention.out.kernel']['b'].shape == (2, 8)
+  plain = {k: v for k, v in params.items() if k != 'lora_text'}
+  out, _ = jax.jit(model.apply)({'params': params}, ids)
+  want, _ = jax.jit(_text_model().apply)({'params': plain}, ids)
+  np.testing.assert_array_equal(out, want)  # B starts at zero
+
+  def loss(p):
+    return model.apply({'params': p}, ids)[0].sum()
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert not any(np.any(g) for g in jax.tree.leaves(grads['encoder_text']))
+  assert all(np.any(f['b']) for f in grads['lora_text'].values())
+  labels = pretrained.labels(params, {'text': model.encoders['text']})
+  assert set(jax.tree.leaves(labels['encoder_text'])) == {'frozen'}
+  assert set(jax.tree.leaves(labels['lora_text'])) == {'train'}
+  # Once B has moved, the factors change the function.
+  moved = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+  assert not np.allclose(jax.jit(model.apply)({'params': moved}, ids)[0], out)
+
+
+def test_lora_on_an_encoder_without_attention_is_one_sentence():
+  model = models.MultimodalModel(
+      encoders={'image': {'name': 'cnn', 'features': 8, 'channels': (4,),
+                          'finetune': 'lora'}},
+      fusion='concat', num_outputs=3)
+  with pytest.raises(errors.UserError, match=(
+      "^encoder 'cnn' has no attention projections for LoRA; use "
+      'finetune=frozen or full for it.')):
+    jax.eval_shape(model.init, jax.random.key(0),
+                   {'image': np.zeros((1, 8, 8, 1), np.uint8)})

@@ -55,7 +55,8 @@ def _derivatives(f, primals):
   `jax.linearize` of p -> (gradient of the loss <w, f(p)>, f(p)), applied
   to tangents t and u, gives the Hessian-vector products H t, H u (forward
   over reverse: the jvp of the gradient, partially evaluated) and f's
-  linearization J t, J u; `jax.jvp(f)` gives J t again.
+  linearization J t, J u (forward mode through f: no separate `jax.jvp`,
+  which would compile f's forward mode a second time).
   """
   f = jax.jit(f)  # traced once; the transformations work on its jaxpr
   w = _random_like(jax.eval_shape(f, primals), 1)
@@ -70,10 +71,10 @@ def _derivatives(f, primals):
         jax.grad(loss, has_aux=True), primals)
     h_tu, j_tu = jax.vmap(linear)(tu)
     t, u = _pick(tu, 0), _pick(tu, 1)
-    _, j_t = jax.jvp(f, (primals,), (t,))
     return {
-        'jvp': j_t, 'linearized': _pick(j_tu, 0), 'hvp': h_tu,
-        'forward': jnp.stack([_vdot(w, j_t), _vdot(w, _pick(j_tu, 1))]),
+        'linearized': _pick(j_tu, 0), 'hvp': h_tu,
+        'forward': jnp.stack([_vdot(w, _pick(j_tu, 0)),
+                              _vdot(w, _pick(j_tu, 1))]),
         'reverse': jnp.stack([_vdot(grad, t), _vdot(grad, u)]),
         'u_h_t': _vdot(u, _pick(h_tu, 0)), 't_h_u': _vdot(t, _pick(h_tu, 1))}
 
@@ -81,16 +82,12 @@ def _derivatives(f, primals):
 
 
 def _check(d, linear: bool):
-  """Finite; jvp agrees with linearize; forward mode with reverse mode
+  """Finite; forward mode is not zero and agrees with reverse mode
   (<w, J t> = <J^T w, t>); the Hessian is symmetric (<u, H t> = <t, H u>),
   and zero only for a linear module."""
   for leaf in jax.tree.leaves(d):
     assert np.all(np.isfinite(leaf))
-  jvp, linearized = jax.tree.leaves(d['jvp']), jax.tree.leaves(d['linearized'])
-  scale = max(float(np.max(np.abs(x))) for x in jvp)
-  assert scale > 0
-  for a, b in zip(jvp, linearized):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
+  assert any(np.any(j != 0) for j in jax.tree.leaves(d['linearized']))
   np.testing.assert_allclose(d['forward'], d['reverse'], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(d['u_h_t'], d['t_h_u'], rtol=1e-4, atol=1e-5)
   assert any(np.any(h != 0) for h in jax.tree.leaves(d['hvp'])) != linear

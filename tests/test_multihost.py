@@ -19,6 +19,8 @@ from mmfusion.runtime import errors
 from tests import helpers
 from tests.helpers import ROOT, final_params, subprocess_env
 
+pytestmark = pytest.mark.slow  # several coordinated processes per test
+
 
 def _free_port():
   with socket.socket() as s:

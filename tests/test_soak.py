@@ -4,7 +4,11 @@ tests/test_reliability.py kills at a random step)."""
 
 import random
 
+import pytest
+
 from benchmarks import soak
+
+pytestmark = pytest.mark.slow  # a run killed again and again
 
 
 def test_main_target_killed_in_a_write_ends_identical(tmp_path, data_dir):

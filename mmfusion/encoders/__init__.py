@@ -19,6 +19,7 @@ from mmfusion.encoders import speech_embedding
 from mmfusion.encoders import text
 from mmfusion.encoders import vector
 from mmfusion.encoders import video
+from mmfusion.encoders import whisper
 
 ENCODERS: dict[str, type[nn.Module]] = {
     # vectors and tabular records [B, F]
@@ -37,6 +38,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     'audio_cnn': audio.AudioCnn,
     'audio_transformer': audio.AudioTransformer,
     'speech_embedding': speech_embedding.SpeechEmbedding,  # pretrained
+    'whisper': whisper.WhisperEncoder,  # pretrained: a Hugging Face folder
     # videos [B, F, H, W, C]
     'video_pool': video.VideoPool,
     'video_transformer': video.VideoTransformer,

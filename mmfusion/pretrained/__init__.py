@@ -10,9 +10,11 @@ module (`RUN_OPTIONS`); the model strips them before building the module:
   finetune    'full' (default): every parameter trains; 'frozen': none of the
               checkpoint's parameters train (no gradients reach them, no
               optimizer state is kept for them); a new `proj` to the config's
-              `features` still trains.
+              `features` still trains. 'lora': frozen, plus low-rank updates
+              of its attention projections that train (`lora.py`).
   lr_scale    multiplies the learning rate of the encoder's trainable
               parameters (e.g. 0.1 for a pretrained one under a new head).
+  lora_rank   the rank of the LoRA updates (default LORA_RANK).
 
 A linear probe is every encoder frozen with `model.fusion=concat` and no
 hidden head layer. `LOADERS` maps an encoder name to its loader module, which
@@ -34,9 +36,11 @@ LOADERS = {  # encoder name -> its loader module (imported when used)
     'bert': 'mmfusion.pretrained.bert',
     'efficientnet_lite': 'mmfusion.pretrained.efficientnet',
     'speech_embedding': 'mmfusion.pretrained.speech_embedding',
+    'whisper': 'mmfusion.pretrained.whisper',
 }
-RUN_OPTIONS = ('checkpoint', 'finetune', 'lr_scale')
-FINETUNE = ('full', 'frozen')
+RUN_OPTIONS = ('checkpoint', 'finetune', 'lr_scale', 'lora_rank')
+FINETUNE = ('full', 'frozen', 'lora')
+LORA_RANK = 8  # the rank of LoRA's updates unless lora_rank says
 TRAINABLE_WHEN_FROZEN = 'proj'  # the new projection a frozen encoder keeps
 _ENCODER = re.compile(r'encoder_(.+)')  # models.MultimodalModel's names
 
@@ -61,6 +65,10 @@ def check(where: str, cfg) -> None:
     raise errors.UserError(
         f'{where}.lr_scale={scale!r} must be a positive number (1.0: the '
         'run\'s learning rate).')
+  rank = cfg.get('lora_rank', LORA_RANK)
+  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    raise errors.UserError(
+        f'{where}.lora_rank={rank!r} must be a positive int.')
   if cfg.get('checkpoint'):
     loader(cfg['name'])
 
@@ -133,7 +141,7 @@ def labels(params, encoders) -> dict:
     keys = tuple(getattr(k, 'key', k) for k in path)
     for prefix, m in paths.items():
       if keys[:len(prefix)] == prefix:
-        frozen = encoders[m].get('finetune', 'full') == 'frozen'
+        frozen = encoders[m].get('finetune', 'full') in ('frozen', 'lora')
         rest = keys[len(prefix):]
         if frozen and rest[:1] != (TRAINABLE_WHEN_FROZEN,):
           return 'frozen'
