@@ -23,7 +23,8 @@ def metrics_of(rows) -> list[str]:
   task = score(rows).task
   names = METRICS if task == 'classification' else [
       m for m in tasks.TASKS[task].TABLE if m != 'examples'] + ['loss']
-  return [m for m in names if any(m in r['test'] for r in rows)]
+  return [m for m in dict.fromkeys(names)  # once each, in order
+          if any(m in r['test'] for r in rows)]
 
 
 def fmt(triple, digits: int = 3, signed: bool = False) -> str:
