@@ -76,7 +76,8 @@ def _per_encoder(tx, encoders) -> optax.GradientTransformation:
     tx = optax.multi_transform(
         {'train': tx, 'frozen': optax.set_to_zero()},
         lambda params: pretrained.labels(params, encoders))
-  if any(float(c.get('lr_scale', 1.0)) != 1.0 for c in encoders.values()):
+  if any(float(c.get('lr_scale', 1.0)) != 1.0 or
+         float(c.get('layer_decay', 1.0)) != 1.0 for c in encoders.values()):
     tx = optax.chain(tx, _scale_by_factors(
         lambda params: pretrained.lr_factors(params, encoders)))
   return tx

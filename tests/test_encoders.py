@@ -36,6 +36,7 @@ def _inputs(modality):
 
 _SPEC = dict(n_fft=64, hop=32, n_mels=16)  # 400 samples -> 11 frames x 16 mels
 _ATTN = dict(num_layers=1, num_heads=2, dropout=0.1)
+_HF_TINY = dict(hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16)
 # name -> (modality, options making it tiny); every registry entry needs one.
 TINY = {
     'mlp': ('vector', dict(hidden=(8,), dropout=0.1)),
@@ -43,9 +44,13 @@ TINY = {
     'resnet': ('image', dict(stage_sizes=(1, 1), width=4, groups=2)),
     'vit': ('image', dict(patch_size=4, class_token=True, **_ATTN)),
     'efficientnet_lite': ('image', dict(width=0.25, depth=0.25, image_size=8)),
+    'hf_vit': ('image', dict(_HF_TINY, image_size=8, patch_size=4)),
+    'clip_vision': ('image', dict(_HF_TINY, image_size=8, patch_size=4)),
     'gru': ('text', dict(bidirectional=True, dropout=0.1)),
     'lstm': ('text', dict()),
     'text_transformer': ('text', dict(max_len=16, class_token=True, **_ATTN)),
+    'clip_text': ('text', dict(_HF_TINY, vocab_size=16, max_len=12, eos_id=15,
+                               pad_id=0)),
     'bert': ('text', dict(vocab_size=16, hidden_size=8, num_layers=1,
                           num_heads=2, mlp_dim=16, max_len=12, dropout=0.1)),
     'audio_cnn': ('audio', dict(channels=(4,), groups=2, **_SPEC)),
@@ -103,7 +108,8 @@ def test_encoder_contract(name):
   assert not dead, f'zero gradient for {dead}'
 
 
-@pytest.mark.parametrize('name', ['gru', 'lstm', 'text_transformer', 'bert'])
+@pytest.mark.parametrize('name', ['gru', 'lstm', 'text_transformer', 'bert',
+                                  'clip_text'])
 def test_padding_does_not_change_real_tokens(name):
   extra = dict(num_layers=2) if name == 'gru' else {}  # stacked, bidirectional
   model, ids = _build(name, dropout=0.0, **extra)

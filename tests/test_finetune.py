@@ -99,7 +99,8 @@ def test_a_checkpoint_is_loaded_at_init_and_frozen_keeps_proj_trainable(
      'model.encoders.image.lr_scale=0.0 must be a positive number'),
     ({'checkpoint': 'my-weights'},
      "encoder 'mlp' has no pretrained weights to load; set a checkpoint "
-     'only on bert, efficientnet_lite, speech_embedding, whisper.'),
+     'only on bert, clip_text, clip_vision, efficientnet_lite, hf_vit, '
+     'speech_embedding, whisper.'),
 ])
 def test_bad_run_options_of_an_encoder_are_one_sentence(data_dir, options,
                                                         message):
@@ -162,3 +163,18 @@ def test_lora_on_an_encoder_without_attention_is_one_sentence():
       'finetune=frozen or full for it.')):
     jax.eval_shape(model.init, jax.random.key(0),
                    {'image': np.zeros((1, 8, 8, 1), np.uint8)})
+
+
+def test_layer_decay_scales_each_layer_by_its_depth():
+  model = _text_model()  # 2 layers
+  ids = {'text': np.array([[5, 7, 9, 3]], np.int32)}
+  params = jax.eval_shape(model.init, jax.random.key(0), ids)['params']
+  cfg = {**model.encoders['text'], 'lr_scale': 0.5, 'layer_decay': 0.8}
+  factors = pretrained.lr_factors(params, {'text': cfg})
+  enc = factors['encoder_text']
+  assert enc['layer_1']['output']['kernel'] == 0.5
+  assert enc['layer_0']['attention']['query']['kernel'] == pytest.approx(0.4)
+  assert enc['word_embeddings']['embedding'] == pytest.approx(0.5 * 0.64)
+  assert factors['head']['Dense_0']['kernel'] == 1.0  # not the encoder's
+  with pytest.raises(errors.UserError, match=r'layer_decay=1.5 must be in'):
+    pretrained.check('model.encoders.text', {**cfg, 'layer_decay': 1.5})

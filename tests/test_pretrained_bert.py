@@ -202,7 +202,9 @@ def test_projection_is_new_and_the_rest_loads(tiny_bert):
   np.testing.assert_allclose(tokens[mask], want[mask], atol=1e-4)
 
 
-def test_bfloat16_and_higher_order_autodiff(tiny_bert):
+def test_bfloat16_compute_on_float32_weights(tiny_bert):
+  """bf16 compute stays close on loaded weights (forward mode and second
+  derivatives: tests/test_kernels.py's sweep, for every encoder)."""
   path = tiny_bert[0]
   model = bert_lib.Bert(features=32, **bert.options(path) | {'num_layers': 1})
   ids_BxL = _ids(0, [6, 3], length=8)
@@ -214,15 +216,5 @@ def test_bfloat16_and_higher_order_autodiff(tiny_bert):
   assert tokens.dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
 
-  def loss(scale):  # every weight of the attention, scaled
-    attention = jax.tree.map(lambda x: scale * x,
-                             params['layer_0']['attention'])
-    p = params | {'layer_0': params['layer_0'] | {'attention': attention}}
-    tokens_BxLxD, _ = model.apply({'params': p}, ids_BxL)
-    return jnp.sum(tokens_BxLxD ** 2), tokens_BxLxD
-
-  (_, want), (tangent, _) = jax.jit(
-      lambda s: jax.jvp(loss, (s,), (1.0,)))(1.0)
-  second = jax.jit(jax.grad(jax.grad(lambda s: loss(s)[0])))(1.0)
-  assert np.isfinite(tangent) and np.isfinite(second) and second != 0
+  want, _ = jax.jit(model.apply)({'params': params}, ids_BxL)
   np.testing.assert_allclose(tokens.astype(np.float32), want, atol=0.1)

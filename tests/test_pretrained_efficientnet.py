@@ -201,26 +201,16 @@ def _he_params(module, images):
   return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-def test_tiny_variant_has_forward_and_second_order_autodiff_and_bfloat16():
+def test_tiny_variant_computes_in_bfloat16():
+  """(Forward mode and second derivatives: tests/test_kernels.py's sweep.)"""
   images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
   tiny = dict(features=8, width=0.25, depth=0.1, image_size=32, tokens='grid')
   module = efficientnet.EfficientNetLite(**tiny)  # FLAX kernels
   low = efficientnet.EfficientNetLite(**tiny, dtype=jnp.bfloat16)
   params = {'params': _he_params(module, images)}  # float32
-  g = lambda t: jnp.sum(jnp.square(module.apply(params, images * t)[0]))
-  slope = lambda t: jax.jvp(g, (t,), (1.0,))[1]
-
-  @jax.jit
-  def run(t):
-    return (module.apply(params, images * t)[0],
-            low.apply(params, images * t)[0],
-            slope(t), jax.grad(g)(t),  # forward vs reverse mode
-            jax.jvp(slope, (t,), (1.0,))[1], jax.grad(jax.grad(g))(t))
-
-  full, half, slope_f, slope_r, curvature_ff, curvature_rr = run(1.0)
-  np.testing.assert_allclose(slope_f, slope_r, rtol=1e-4)
-  np.testing.assert_allclose(curvature_ff, curvature_rr, rtol=1e-4)
-  assert float(curvature_ff) > 0 and full.shape == (2, 1, 8)
+  full, half = jax.jit(lambda: (module.apply(params, images)[0],
+                                low.apply(params, images)[0]))()
+  assert full.shape == (2, 1, 8)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.float32(half), full,
                              atol=0.05 * float(jnp.abs(full).max()))

@@ -156,34 +156,24 @@ def test_short_clips_use_the_first_positions(tiny, params, waves_BxS):
       2, 1500)
 
 
-def test_bfloat16_xla_cpu_and_higher_order_autodiff(tiny, params, waves_BxS):
-  """One layer on 0.5 s (the 1 s waves cut to 25 tokens), one program."""
+def test_bfloat16_and_xla_cpu_kernels(tiny, params, waves_BxS):
+  """One layer on 0.5 s (the 1 s waves cut to 25 tokens), one program
+  (forward mode and second derivatives: tests/test_kernels.py's sweep)."""
   model = whisper_lib.WhisperEncoder(
       32, **whisper.options(tiny[0]) | {'num_layers': 1}, max_seconds=0.5)
   p = params | {'encoder': {k: v for k, v in params['encoder'].items()
                             if k != 'layer_1'}}
-
-  def loss(scale):  # every weight of the attention, scaled
-    layer = p['encoder']['layer_0']
-    attention = jax.tree.map(lambda x: scale * x, layer['attention'])
-    q = p | {'encoder': p['encoder'] | {
-        'layer_0': layer | {'attention': attention}}}
-    tokens_BxTxD, _ = model.apply({'params': q}, waves_BxS)
-    return jnp.sum(tokens_BxTxD ** 2), tokens_BxTxD
 
   @jax.jit
   def run():
     half = model.clone(dtype=jnp.bfloat16).apply({'params': p}, waves_BxS)
     cpu = model.clone(kernels=kernels_lib.XLA_CPU).apply({'params': p},
                                                          waves_BxS)[0]
-    (_, want), (tangent, _) = jax.jvp(loss, (1.0,), (1.0,))
-    second = jax.grad(jax.grad(lambda s: loss(s)[0]))(1.0)
-    return half, cpu, want, tangent, second
+    return half, cpu, model.apply({'params': p}, waves_BxS)[0]
 
-  (tokens, mask), cpu, want, tangent, second = run()
+  (tokens, mask), cpu, want = run()
   assert tokens.dtype == jnp.bfloat16 and tokens.shape == (2, 25, 32)
   assert mask.all() and all(x.dtype == jnp.float32 for x in jax.tree.leaves(p))
-  assert np.isfinite(tangent) and np.isfinite(second) and second != 0
   np.testing.assert_allclose(tokens.astype(np.float32), want, atol=0.1)
   np.testing.assert_allclose(cpu, want, atol=1e-5)
 

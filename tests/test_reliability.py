@@ -57,6 +57,7 @@ def _limit_file_size(limit: int, argv):
   return [sys.executable, '-c', code, *argv]
 
 
+@pytest.mark.slow  # kill, fail and resume chains, as benchmarks/soak.py
 def test_sigterm_then_a_failed_checkpoint_write_then_resume_ends_identical(
     tmp_path, data_dir, uninterrupted):
   workdir = str(tmp_path / 'run')
@@ -130,6 +131,7 @@ def test_a_signal_is_answered_after_the_step_it_arrives_in(tmp_path,
   print(f'SIGINT to exit: {elapsed:.2f} s, saved step {stopped}')
 
 
+@pytest.mark.slow  # kill, fail and resume chains, as benchmarks/soak.py
 def test_sigkill_at_a_random_step_then_rerun_ends_identical(tmp_path, data_dir,
                                                             uninterrupted):
   workdir = str(tmp_path / 'run')

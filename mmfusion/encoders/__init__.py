@@ -12,7 +12,9 @@ from mmfusion.nn import registry
 
 from mmfusion.encoders import audio
 from mmfusion.encoders import bert
+from mmfusion.encoders import clip_text
 from mmfusion.encoders import efficientnet
+from mmfusion.encoders import hf_vit
 from mmfusion.encoders import image
 from mmfusion.encoders import series
 from mmfusion.encoders import speech_embedding
@@ -29,11 +31,14 @@ ENCODERS: dict[str, type[nn.Module]] = {
     'resnet': image.ResNet,
     'vit': image.ViT,
     'efficientnet_lite': efficientnet.EfficientNetLite,  # pretrained
+    'hf_vit': hf_vit.HfViT,  # pretrained: a Hugging Face folder
+    'clip_vision': hf_vit.ClipVision,  # pretrained: a Hugging Face folder
     # token ids [B, L], 0 = padding
     'gru': text.TextGru,
     'lstm': text.TextLstm,
     'text_transformer': text.TextTransformer,
     'bert': bert.Bert,  # pretrained; WordPiece ids
+    'clip_text': clip_text.ClipText,  # pretrained: a Hugging Face folder; BPE ids
     # waveforms [B, S]
     'audio_cnn': audio.AudioCnn,
     'audio_transformer': audio.AudioTransformer,

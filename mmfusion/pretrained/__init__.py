@@ -14,6 +14,9 @@ module (`RUN_OPTIONS`); the model strips them before building the module:
               of its attention projections that train (`lora.py`).
   lr_scale    multiplies the learning rate of the encoder's trainable
               parameters (e.g. 0.1 for a pretrained one under a new head).
+  layer_decay layer-wise learning-rate decay (Clark et al. 2020): each
+              numbered layer (`layer_i`, `blocks_i`) below the last learns
+              at this factor per layer, the embeddings below them all.
   lora_rank   the rank of the LoRA updates (default LORA_RANK).
 
 A linear probe is every encoder frozen with `model.fusion=concat` and no
@@ -30,19 +33,27 @@ import flax
 import jax
 import numpy as np
 
+from mmfusion.nn import registry
 from mmfusion.runtime import errors
 
 LOADERS = {  # encoder name -> its loader module (imported when used)
     'bert': 'mmfusion.pretrained.bert',
+    'clip_text': 'mmfusion.pretrained.clip',
+    'clip_vision': 'mmfusion.pretrained.hf_vit',
+    'hf_vit': 'mmfusion.pretrained.hf_vit',
     'efficientnet_lite': 'mmfusion.pretrained.efficientnet',
     'speech_embedding': 'mmfusion.pretrained.speech_embedding',
     'whisper': 'mmfusion.pretrained.whisper',
 }
-RUN_OPTIONS = ('checkpoint', 'finetune', 'lr_scale', 'lora_rank')
+RUN_OPTIONS = ('checkpoint', 'finetune', 'lr_scale', 'layer_decay',
+               'lora_rank')
 FINETUNE = ('full', 'frozen', 'lora')
 LORA_RANK = 8  # the rank of LoRA's updates unless lora_rank says
 TRAINABLE_WHEN_FROZEN = 'proj'  # the new projection a frozen encoder keeps
 _ENCODER = re.compile(r'encoder_(.+)')  # models.MultimodalModel's names
+_LAYER = re.compile(r'(?:layer|blocks)_(\d+)')  # the ports' numbered layers
+# Parts of the ports after their numbered layers: decayed like the last one.
+AFTER_LAYERS = ('layer_norm', 'conv_head', 'bn1', 'post_layernorm')
 
 
 def loader(name: str):
@@ -65,6 +76,11 @@ def check(where: str, cfg) -> None:
     raise errors.UserError(
         f'{where}.lr_scale={scale!r} must be a positive number (1.0: the '
         'run\'s learning rate).')
+  decay = cfg.get('layer_decay', 1.0)
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (
+      0 < decay <= 1):
+    raise errors.UserError(
+        f'{where}.layer_decay={decay!r} must be in (0, 1] (1.0: no decay).')
   rank = cfg.get('lora_rank', LORA_RANK)
   if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
     raise errors.UserError(
@@ -81,7 +97,7 @@ def module_options(cfg) -> dict:
   if not cfg.get('checkpoint'):
     return out
   for key, value in loader(cfg['name']).options(cfg['checkpoint']).items():
-    if key in out and out[key] != value:
+    if key in out and registry.freeze(out[key]) != registry.freeze(value):
       raise errors.UserError(
           f'encoder {cfg["name"]!r} option {key}={out[key]!r} disagrees with '
           f'its checkpoint {cfg["checkpoint"]!r} ({key}={value!r}); drop the '
@@ -150,15 +166,47 @@ def labels(params, encoders) -> dict:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _depths(subtree) -> tuple[dict, int]:
+  """({key path: layer index} of the leaves under a numbered layer key, the
+  number of layers) of one encoder's parameters."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(subtree))
+  found = {}
+  for path in flat:
+    index = next((int(m.group(1)) for m in map(_LAYER.fullmatch, path) if m),
+                 None)
+    if index is not None:
+      found[path] = index
+  return found, 1 + max(found.values(), default=-1)
+
+
 def lr_factors(params, encoders) -> dict:
-  """Each leaf's learning-rate factor: its encoder's `lr_scale`, else 1."""
+  """Each leaf's learning-rate factor: its encoder's `lr_scale`, times
+  `layer_decay` ** (layers above it) when that is set (Clark et al. 2020):
+  the last layer 1, layer i decay^(L-1-i), what comes before the layers
+  (embeddings, stems) decay^L, a new `proj` or a head after them 1."""
   paths = _encoder_paths(params, encoders)
+  depths = {}
+  for prefix, m in paths.items():
+    subtree = params
+    for key in prefix:
+      subtree = subtree[key]
+    depths[prefix] = _depths(subtree)
 
   def factor(path, _):
     keys = tuple(getattr(k, 'key', k) for k in path)
     for prefix, m in paths.items():
       if keys[:len(prefix)] == prefix:
-        return float(encoders[m].get('lr_scale', 1.0))
+        scale = float(encoders[m].get('lr_scale', 1.0))
+        decay = float(encoders[m].get('layer_decay', 1.0))
+        if decay == 1.0:
+          return scale
+        index, layers = depths[prefix]
+        rest = keys[len(prefix):]
+        if rest in index:
+          return scale * decay ** (layers - 1 - index[rest])
+        after = any(k in (TRAINABLE_WHEN_FROZEN,) + AFTER_LAYERS
+                    for k in rest)
+        return scale * (1.0 if after else decay ** layers)
     return 1.0
 
   return jax.tree_util.tree_map_with_path(factor, params)

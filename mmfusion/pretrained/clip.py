@@ -50,8 +50,9 @@ _PREFIX = 'text_model.'
 _IGNORED = re.compile(r'(vision_model\.|visual_projection\.'
                       r'|text_projection\.|logit_scale$|.*position_ids$)')
 _RENAMES = hf_vit.CLIP_LAYER_RENAMES + (
-    (r'embeddings\.token_embedding\.weight', 'token_embedding/embedding'),
-    (r'embeddings\.position_embedding\.weight', 'position_embedding/embedding'),
+    (r'embeddings\.token_embedding\.weight$', 'token_embedding/embedding'),
+    (r'embeddings\.position_embedding\.weight$',
+     'position_embedding/embedding'),
     (r'final_layer_norm\.', 'final_ln/'),
 )
 
@@ -71,11 +72,13 @@ def options(checkpoint: str) -> dict:
   return out | {'eos_id': eos, 'eos_rule': 'first_eos'}
 
 
-def tensors(checkpoint: str) -> dict[str, np.ndarray]:
-  """`model.safetensors` under the flat parameter names of `ClipText`."""
+def tensors(checkpoint: str, raw: dict | None = None
+            ) -> dict[str, np.ndarray]:
+  """`model.safetensors` (or `raw`, its tensors when already read) under the
+  flat parameter names of `ClipText`."""
   num_heads = options(checkpoint)['num_heads']
   out = {}
-  for name, x in hf_vit.read(checkpoint).items():
+  for name, x in (hf_vit.read(checkpoint) if raw is None else raw).items():
     name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
     if not _IGNORED.match(name):
       new, x = hf_vit.to_flax(name, x, _RENAMES, num_heads)
@@ -83,11 +86,11 @@ def tensors(checkpoint: str) -> dict[str, np.ndarray]:
   return out
 
 
-def load(checkpoint: str, template):
+def load(checkpoint: str, template, raw: dict | None = None):
   """`template` (the `ClipText` parameters: arrays, or ShapeDtypeStructs
   when there is no `proj`) filled from `checkpoint`; `proj` keeps its
   values."""
-  return weights.fill(template, tensors(checkpoint), source=checkpoint,
+  return weights.fill(template, tensors(checkpoint, raw), source=checkpoint,
                       allow_missing=('proj/',))
 
 
@@ -119,9 +122,9 @@ def towers(checkpoint: str) -> dict:
   as_numpy = lambda tree: jax.tree.map(np.asarray, tree)
   return {
       'vision': as_numpy(hf_vit.load(checkpoint, jax.eval_shape(
-          image.init, key, jnp.zeros((1, size, size, 3)))['params'])),
+          image.init, key, jnp.zeros((1, size, size, 3)))['params'], raw)),
       'text': as_numpy(load(checkpoint, jax.eval_shape(
-          text.init, key, jnp.zeros((1, 1), jnp.int32))['params'])),
+          text.init, key, jnp.zeros((1, 1), jnp.int32))['params'], raw)),
       'visual_projection': np.asarray(  # HF's [P, E] -> [E, P]
           raw['visual_projection.weight'].T, np.float32),
       'text_projection': np.asarray(raw['text_projection.weight'].T,

@@ -29,8 +29,7 @@ from mmfusion.pretrained import weights
 from mmfusion.runtime import errors
 
 FILES = ('config.json', 'model.safetensors')  # what `save_pretrained` writes
-CLIP_TYPES = ('clip', 'clip_vision_model')
-MODEL_TYPES = ('vit',) + CLIP_TYPES
+MODEL_TYPES = ('vit', 'clip', 'clip_vision_model')
 # PIL's resample codes in preprocessor_config.json -> `HfViT.resize`.
 _RESAMPLE = {0: 'nearest', 1: 'lanczos3', 2: 'bilinear', 3: 'bicubic'}
 # config.json key -> `HfViT` option, for ViT and CLIP vision configs alike.
@@ -55,9 +54,12 @@ _PREFIXES = ('vit.', 'vision_model.')
 # The layers of both CLIP towers (HF name, prefix stripped -> Flax name).
 CLIP_LAYER_RENAMES = (
     (r'encoder\.layers\.(\d+)\.layer_norm1\.', r'layer_\1/ln_1/'),
-    (r'encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.',
-     lambda m: f'layer_{m[1]}/attention/'
-               f'{dict(q="query", k="key", v="value")[m[2]]}/'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.q_proj\.',
+     r'layer_\1/attention/query/'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.k_proj\.',
+     r'layer_\1/attention/key/'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.v_proj\.',
+     r'layer_\1/attention/value/'),
     (r'encoder\.layers\.(\d+)\.self_attn\.out_proj\.',
      r'layer_\1/attention/out/'),
     (r'encoder\.layers\.(\d+)\.layer_norm2\.', r'layer_\1/ln_2/'),
@@ -66,8 +68,8 @@ CLIP_LAYER_RENAMES = (
 )
 _RENAMES = CLIP_LAYER_RENAMES + (
     # ViT (the names save_pretrained writes, as on the Hub)
-    (r'embeddings\.cls_token', 'cls_token'),
-    (r'embeddings\.position_embeddings', 'position_embeddings'),
+    (r'embeddings\.cls_token$', 'cls_token'),
+    (r'embeddings\.position_embeddings$', 'position_embeddings'),
     (r'embeddings\.patch_embeddings\.projection\.', 'patch_embed/'),
     (r'encoder\.layer\.(\d+)\.layernorm_before\.', r'layer_\1/ln_1/'),
     (r'encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.',
@@ -79,8 +81,8 @@ _RENAMES = CLIP_LAYER_RENAMES + (
     (r'encoder\.layer\.(\d+)\.output\.dense\.', r'layer_\1/mlp_out/'),
     (r'layernorm\.', 'final_ln/'),
     # CLIP vision
-    (r'embeddings\.class_embedding', 'cls_token'),
-    (r'embeddings\.position_embedding\.weight', 'position_embeddings'),
+    (r'embeddings\.class_embedding$', 'cls_token'),
+    (r'embeddings\.position_embedding\.weight$', 'position_embeddings'),
     (r'embeddings\.patch_embedding\.', 'patch_embed/'),
     (r'pre_layrnorm\.', 'pre_ln/'),
     (r'post_layernorm\.', 'final_ln/'),
@@ -221,11 +223,13 @@ def read(checkpoint: str) -> dict[str, np.ndarray]:
   return safetensors_np.load_file(folder(checkpoint) / 'model.safetensors')
 
 
-def tensors(checkpoint: str) -> dict[str, np.ndarray]:
-  """`model.safetensors` under the flat parameter names of `HfViT`."""
+def tensors(checkpoint: str, raw: dict | None = None
+            ) -> dict[str, np.ndarray]:
+  """`model.safetensors` (or `raw`, its tensors when already `read`) under
+  the flat parameter names of `HfViT`."""
   num_heads = options(checkpoint)['num_heads']
   out = {}
-  for name, x in read(checkpoint).items():
+  for name, x in (read(checkpoint) if raw is None else raw).items():
     name = next((name[len(p):] for p in _PREFIXES if name.startswith(p)), name)
     if not _IGNORED.match(name):
       new, x = to_flax(name, x, _RENAMES, num_heads)
@@ -233,8 +237,8 @@ def tensors(checkpoint: str) -> dict[str, np.ndarray]:
   return out
 
 
-def load(checkpoint: str, template):
+def load(checkpoint: str, template, raw: dict | None = None):
   """`template` (the `HfViT` parameters: arrays, or ShapeDtypeStructs when
   there is no `proj`) filled from `checkpoint`; `proj` keeps its values."""
-  return weights.fill(template, tensors(checkpoint), source=checkpoint,
+  return weights.fill(template, tensors(checkpoint, raw), source=checkpoint,
                       allow_missing=('proj/',))
