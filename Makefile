@@ -45,8 +45,8 @@ install: $(VENV)/.demo
 demo: $(VENV)/.demo
 	$(PY) -m mmfusion.main --config=mmfusion/configs/seed.py --workdir=$(WORKDIR)
 
-# The suite, but for the slow tier (multi-process runs, the soak, the
-# benchmark harness in child processes): `make test-slow`, which CI runs too.
+# The suite, but for the slow tier (tests with several child processes, or
+# against a reference framework): `make test-slow`, which CI runs too.
 test: $(VENV)/.test
 	$(PY) -m pytest -n 2 -m 'not slow' tests
 

@@ -36,6 +36,7 @@ def _ablate(workdir, data_dir, *flags, variant='uniqueness_image'):
 
 # ------------------------------------------------------------ End to end ---
 
+@pytest.mark.slow  # an ablation of several runs in a child process
 def test_sweep_trains_reports_and_resumes_only_what_is_missing(tmp_path,
                                                                 data_dir):
   workdir = tmp_path / 'ablation'
@@ -86,6 +87,7 @@ def test_sweep_trains_reports_and_resumes_only_what_is_missing(tmp_path,
     assert len(list(csv.DictReader(f))) == 4
 
 
+@pytest.mark.slow  # an ablation of several runs in a child process
 def test_a_regression_sweep_is_ranked_by_its_tasks_metric(tmp_path,
                                                          data_dir):
   workdir = tmp_path / 'ablation'

@@ -110,6 +110,7 @@ def test_pytorch_runs_side_by_side_in_a_child_process():
   assert '**' in report.step_table([row])  # the mmfusion / PyTorch ratio
 
 
+@pytest.mark.slow  # PyTorch ports of every benchmark model
 @pytest.mark.parametrize('name,fusion', [
     ('seed', None), ('av', None), ('transformer', None), ('seed', 'sum'),
     ('av', 'tensor'),

@@ -128,29 +128,32 @@ def _text_model(**run_options):
 def test_lora_starts_at_the_frozen_function_and_trains_only_its_factors():
   ids = {'text': np.array([[5, 7, 9, 3], [4, 8, 0, 0]], np.int32)}
   model = _text_model(finetune='lora', lora_rank=2)
-  params = jax.jit(model.init)(jax.random.key(0), ids)['params']
+  plain_model = _text_model()
+
+  @jax.jit  # one program: init, both models, the gradient, a moved B
+  def run(ids):
+    params = model.init(jax.random.key(0), ids)['params']
+    plain = {k: v for k, v in params.items() if k != 'lora_text'}
+    loss = lambda p: model.apply({'params': p}, ids)[0].sum()
+    grads = jax.grad(loss)(params)
+    moved = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    return (params, grads, model.apply({'params': params}, ids)[0],
+            plain_model.apply({'params': plain}, ids)[0],
+            model.apply({'params': moved}, ids)[0])
+
+  params, grads, out, want, moved = run(ids)
   # q, k, v and out of each of the 2 layers, rank 2.
   factors = params['lora_text']
   assert len(factors) == 8
   assert factors['layer_0.attention.query.kernel']['a'].shape == (8, 2)
   assert factors['layer_1.attention.out.kernel']['b'].shape == (2, 8)
-  plain = {k: v for k, v in params.items() if k != 'lora_text'}
-  out, _ = jax.jit(model.apply)({'params': params}, ids)
-  want, _ = jax.jit(_text_model().apply)({'params': plain}, ids)
   np.testing.assert_array_equal(out, want)  # B starts at zero
-
-  def loss(p):
-    return model.apply({'params': p}, ids)[0].sum()
-
-  grads = jax.jit(jax.grad(loss))(params)
   assert not any(np.any(g) for g in jax.tree.leaves(grads['encoder_text']))
   assert all(np.any(f['b']) for f in grads['lora_text'].values())
   labels = pretrained.labels(params, {'text': model.encoders['text']})
   assert set(jax.tree.leaves(labels['encoder_text'])) == {'frozen'}
   assert set(jax.tree.leaves(labels['lora_text'])) == {'train'}
-  # Once B has moved, the factors change the function.
-  moved = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-  assert not np.allclose(jax.jit(model.apply)({'params': moved}, ids)[0], out)
+  assert not np.allclose(moved, out)  # once B has moved, LoRA acts
 
 
 def test_lora_on_an_encoder_without_attention_is_one_sentence():

@@ -22,6 +22,10 @@ from mmfusion.encoders import bert as bert_lib
 from mmfusion.pretrained import bert
 from mmfusion.runtime import errors
 
+# The reference frameworks (PyTorch, transformers, onnxruntime) and full-size
+# pretrained models: the slow tier (make test-slow, run by CI).
+pytestmark = pytest.mark.slow
+
 MINILM = 'all-MiniLM-L6-v2'
 SENTENCES = ['A man is eating food.', 'Hello, world!',
              'The quick brown fox jumps over the lazy dog, rather '

@@ -19,6 +19,10 @@ from mmfusion.pretrained import efficientnet as pretrained
 from mmfusion.pretrained import torch_pickle
 from mmfusion.runtime import errors
 
+# The reference frameworks (PyTorch, transformers, onnxruntime) and full-size
+# pretrained models: the slow tier (make test-slow, run by CI).
+pytestmark = pytest.mark.slow
+
 LITE0 = 'efficientnet-lite0'
 MILITARY_UNIFORM = 652  # ImageNet class of the Grace Hopper portrait
 # Parameters with the classifier (d-li14/efficientnet-lite.pytorch's table).

@@ -29,6 +29,10 @@ from mmfusion.pretrained import clip
 from mmfusion.pretrained import hf_vit
 from mmfusion.runtime import errors
 
+# The reference frameworks (PyTorch, transformers, onnxruntime) and full-size
+# pretrained models: the slow tier (make test-slow, run by CI).
+pytestmark = pytest.mark.slow
+
 VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
            intermediate_size=64, image_size=16, patch_size=8)
 # The image tower is wider than the text tower, so a transposed projection

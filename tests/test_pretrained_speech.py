@@ -16,6 +16,10 @@ from mmfusion.pretrained import speech_embedding as pse
 from mmfusion.pretrained import weights
 from mmfusion.runtime import errors
 
+# The reference frameworks (PyTorch, transformers, onnxruntime) and full-size
+# pretrained models: the slow tier (make test-slow, run by CI).
+pytestmark = pytest.mark.slow
+
 S = 24_000  # 1.5 s: 147 mel frames, 9 windows
 
 

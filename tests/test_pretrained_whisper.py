@@ -24,6 +24,10 @@ from mmfusion.nn import kernels as kernels_lib
 from mmfusion.pretrained import whisper
 from mmfusion.runtime import errors
 
+# The reference frameworks (PyTorch, transformers, onnxruntime) and full-size
+# pretrained models: the slow tier (make test-slow, run by CI).
+pytestmark = pytest.mark.slow
+
 S = 16_000  # 1 s at 16 kHz: 50 tokens
 # Real checkpoints hold 1,500 positions (30 s); 100 (2 s) keeps the tests
 # fast, and 2 s plays the part of 30 s (`FULL`): the length HF pads to.

@@ -102,6 +102,7 @@ def _assert_whole_lines(path):
     json.loads(line)
 
 
+@pytest.mark.slow  # a run signalled mid-step in a child process
 def test_a_signal_is_answered_after_the_step_it_arrives_in(tmp_path,
                                                            data_dir):
   """A slower step (a 2048-wide head) and a log interval longer than the
