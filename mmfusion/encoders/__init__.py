@@ -38,7 +38,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     'lstm': text.TextLstm,
     'text_transformer': text.TextTransformer,
     'bert': bert.Bert,  # pretrained; WordPiece ids
-    'clip_text': clip_text.ClipText,  # pretrained: a Hugging Face folder; BPE ids
+    'clip_text': clip_text.ClipText,  # pretrained (Hugging Face); BPE ids
     # waveforms [B, S]
     'audio_cnn': audio.AudioCnn,
     'audio_transformer': audio.AudioTransformer,

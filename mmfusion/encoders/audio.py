@@ -30,6 +30,21 @@ def mel_to_hz(mel):
   return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
 
 
+def slaney_mel(f_hz):
+  """Slaney's mel scale (the Auditory Toolbox; librosa's default): linear
+  below 1 kHz, logarithmic above."""
+  f = np.asarray(f_hz, np.float64)
+  log_f = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * 27.0 / np.log(6.4)
+  return np.where(f >= 1000.0, log_f, 3.0 * f / 200.0)
+
+
+def slaney_hz(mel):
+  """Inverse of `slaney_mel`."""
+  m = np.asarray(mel, np.float64)
+  return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)),
+                  200.0 * m / 3.0)
+
+
 @functools.lru_cache(maxsize=16)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int,
                    fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmfusion.encoders import audio
 from mmfusion.nn import kernels as kernels_lib
 from mmfusion.runtime import errors
 
@@ -63,27 +64,13 @@ _STAGES = ((24, 1, (2, 2)), (48, 2, (1, 2)), (72, 2, (2, 2)),
            (96, 2, (1, 2)), (96, 2, (2, 2)))
 
 
-def _slaney_mel(f_hz):
-  """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-  f = np.asarray(f_hz, np.float64)
-  log_f = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-  return np.where(f >= 1000.0, log_f, 3.0 * f / 200.0)
-
-
-def _slaney_hz(mel):
-  """Inverse of `_slaney_mel`."""
-  m = np.asarray(mel, np.float64)
-  return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)),
-                  200.0 * m / 3.0)
-
-
 @functools.lru_cache(maxsize=1)
 def mel_filterbank() -> np.ndarray:
   """[K, M] triangular Slaney-scale filters, each scaled to unit area
   (2 / bandwidth in Hz); the front end's `1.melW`."""
   bins_K = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-  edges = _slaney_hz(np.linspace(_slaney_mel(FMIN), _slaney_mel(FMAX),
-                                 N_MELS + 2))
+  edges = audio.slaney_hz(np.linspace(
+      audio.slaney_mel(FMIN), audio.slaney_mel(FMAX), N_MELS + 2))
   lo_M, center_M, hi_M = edges[:-2], edges[1:-1], edges[2:]
   rise_KxM = (bins_K[:, None] - lo_M) / (center_M - lo_M)
   fall_KxM = (hi_M - bins_K[:, None]) / (hi_M - center_M)

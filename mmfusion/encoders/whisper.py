@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmfusion.encoders import audio
 from mmfusion.nn import kernels as kernels_lib
 from mmfusion.runtime import errors
 
@@ -57,26 +58,12 @@ _INIT = nn.initializers.normal(0.02)  # Hugging Face's init_std
 _CONV_PAD = ((1, 1), (0, 0))  # Conv1d(padding=1) on [B, N, 1, C]
 
 
-def _slaney_mel(f_hz):
-  """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-  f = np.asarray(f_hz, np.float64)
-  log_f = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * 27.0 / np.log(6.4)
-  return np.where(f >= 1000.0, log_f, 3.0 * f / 200.0)
-
-
-def _slaney_hz(mel):
-  """Inverse of `_slaney_mel`."""
-  m = np.asarray(mel, np.float64)
-  return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)),
-                  200.0 * m / 3.0)
-
-
 @functools.lru_cache(maxsize=4)
 def mel_filters(n_mels: int) -> np.ndarray:
   """[K, M] triangular Slaney filters on the 201 DFT bins, unit area."""
   bins_K = np.linspace(0.0, SAMPLE_RATE // 2, N_FFT // 2 + 1)
-  edges = _slaney_hz(np.linspace(_slaney_mel(0.0), _slaney_mel(FMAX),
-                                 n_mels + 2))
+  edges = audio.slaney_hz(np.linspace(
+      audio.slaney_mel(0.0), audio.slaney_mel(FMAX), n_mels + 2))
   lo_M, center_M, hi_M = edges[:-2], edges[1:-1], edges[2:]
   rise_KxM = (bins_K[:, None] - lo_M) / (center_M - lo_M)
   fall_KxM = (hi_M - bins_K[:, None]) / (hi_M - center_M)

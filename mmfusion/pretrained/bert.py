@@ -74,20 +74,7 @@ _RENAMES = (  # HF name (prefix stripped) -> Flax name, matched in full
 
 def folder(checkpoint: str, files: Sequence[str] = FILES) -> pathlib.Path:
   """The folder `checkpoint` names, checked to hold `files`."""
-  if checkpoint in PACKAGED:
-    path = PACKAGED[checkpoint]()
-  else:
-    path = pathlib.Path(checkpoint).expanduser()
-  if not path.is_dir():
-    raise errors.UserError(
-        f'the checkpoint folder {checkpoint} does not exist; give a folder '
-        f'that save_pretrained wrote or one of: {", ".join(sorted(PACKAGED))}.')
-  missing = [f for f in files if not (path / f).is_file()]
-  if missing:
-    raise errors.UserError(
-        f'the checkpoint folder {path} lacks {", ".join(missing)}; save the '
-        f'model there with save_pretrained (safetensors, the default).')
-  return path
+  return weights.hf_folder(checkpoint, files, PACKAGED)
 
 
 def options(checkpoint: str) -> dict:

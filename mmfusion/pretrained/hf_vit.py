@@ -91,17 +91,7 @@ _RENAMES = CLIP_LAYER_RENAMES + (
 
 def folder(checkpoint: str, files: Sequence[str] = FILES) -> pathlib.Path:
   """The folder `checkpoint` names, checked to hold `files`."""
-  path = pathlib.Path(checkpoint).expanduser()
-  if not path.is_dir():
-    raise errors.UserError(
-        f'the checkpoint folder {checkpoint} does not exist; give a folder '
-        f'that save_pretrained wrote (nothing is downloaded).')
-  missing = [f for f in files if not (path / f).is_file()]
-  if missing:
-    raise errors.UserError(
-        f'the checkpoint folder {path} lacks {", ".join(missing)}; save the '
-        f'model there with save_pretrained (safetensors, the default).')
-  return path
+  return weights.hf_folder(checkpoint, files)
 
 
 def config(checkpoint: str, model_types: Sequence[str] = MODEL_TYPES,

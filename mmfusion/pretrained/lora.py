@@ -36,7 +36,8 @@ def targets(params) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
   """{joined path: (path, kernel shape)} of every attention projection."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   return {'.'.join(path): (path, leaf.shape) for path, leaf in flat.items()
-          if len(path) >= 2 and path[-1] == 'kernel' and path[-2] in PROJECTIONS}
+          if len(path) >= 2 and path[-1] == 'kernel'
+          and path[-2] in PROJECTIONS}
 
 
 def check(name: str, found: dict):

@@ -7,7 +7,8 @@ extra, every shape equal. The error names the tensors, so a user holding the
 wrong checkpoint sees which ones are missing or unexpected.
 """
 
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from mmfusion.runtime import errors
 
 _SHOWN = 6  # tensor names listed in an error before "and N more"
+HF_FILES = ('config.json', 'model.safetensors')  # what `save_pretrained` writes
 
 
 def _listed(names) -> str:
@@ -66,3 +68,27 @@ def fill(template, tensors: Mapping[str, np.ndarray], *, source: str,
              else leaf) for n, leaf in want.items()}
   return flax.traverse_util.unflatten_dict(
       {tuple(n.split('/')): v for n, v in out.items()})
+
+
+def hf_folder(checkpoint: str, files: Sequence[str] = HF_FILES,
+              packaged: Mapping[str, Callable[[], pathlib.Path]] = None
+              ) -> pathlib.Path:
+  """The Hugging Face checkpoint folder `checkpoint` names (a key of
+  `packaged`, weights a pip package ships, or a path), checked to hold
+  `files`; never downloaded."""
+  packaged = packaged or {}
+  if checkpoint in packaged:
+    path = packaged[checkpoint]()
+  else:
+    path = pathlib.Path(checkpoint).expanduser()
+  if not path.is_dir():
+    names = f' or one of: {", ".join(sorted(packaged))}' if packaged else ''
+    raise errors.UserError(
+        f'the checkpoint folder {checkpoint} does not exist; give a folder '
+        f'that save_pretrained wrote{names} (nothing is downloaded).')
+  missing = [f for f in files if not (path / f).is_file()]
+  if missing:
+    raise errors.UserError(
+        f'the checkpoint folder {path} lacks {", ".join(missing)}; save the '
+        f'model there with save_pretrained (safetensors, the default).')
+  return path

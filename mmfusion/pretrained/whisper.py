@@ -42,17 +42,7 @@ _TOP = ('conv1', 'conv2', 'layer_norm', 'embed_positions')
 
 def folder(checkpoint: str) -> pathlib.Path:
   """The folder `checkpoint` names, checked to hold `FILES`."""
-  path = pathlib.Path(checkpoint).expanduser()
-  if not path.is_dir():
-    raise errors.UserError(
-        f'the Whisper checkpoint folder {checkpoint} does not exist; give a '
-        f'folder that save_pretrained wrote (nothing is downloaded).')
-  missing = [f for f in FILES if not (path / f).is_file()]
-  if missing:
-    raise errors.UserError(
-        f'the checkpoint folder {path} lacks {", ".join(missing)}; save the '
-        f'model there with save_pretrained (safetensors, the default).')
-  return path
+  return weights.hf_folder(checkpoint, FILES)
 
 
 def options(checkpoint: str) -> dict:
