@@ -1,6 +1,6 @@
 r"""A fine-tuning train step of a pretrained encoder: mmfusion against PyTorch.
 
-  python -m benchmarks.finetune_step [--encoder=minilm|efficientnet] [--repeats=10]
+  python -m benchmarks.finetune_step [--encoder=minilm|efficientnet] [--timed_steps=10]
 
 MiniLM-L6 (batch 32, 32 tokens) or EfficientNet-Lite0 (batch 32, 224x224),
 each loaded from the weights its pip package ships, under a mean-pooled
@@ -26,7 +26,7 @@ from mmfusion.pretrained import bert, efficientnet
 
 _ENCODER = flags.DEFINE_enum('encoder', 'minilm', ['minilm', 'efficientnet'],
                              'Which pretrained encoder to fine-tune.')
-_REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed steps per side.')
+_STEPS = flags.DEFINE_integer('timed_steps', 10, 'Timed steps per side.')
 B, L, C = 32, 32, 10  # batch, tokens, classes
 
 
@@ -109,7 +109,7 @@ def _torch_step(name, x, labels):
 def _median(step) -> float:
   step()  # compile / warm up
   times = []
-  for _ in range(_REPEATS.value):
+  for _ in range(_STEPS.value):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)

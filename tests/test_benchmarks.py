@@ -204,3 +204,20 @@ def test_op_profile_sums_the_step_ops_of_a_trace():
   assert 1 <= len(rows) <= 3
   assert all(float(r.split('|')[2]) >= 0 for r in rows)
   assert float(rows[0].split('|')[2]) > 0  # the largest kind took time
+
+
+@pytest.mark.slow  # MiniLM and PyTorch in a child process
+def test_finetune_step_times_mmfusion_against_pytorch():
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.finetune_step', '--encoder=minilm',
+       '--timed_steps=1'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = proc.stdout.strip().splitlines()[-1]
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  full, frozen, torch_full = (float(c.removesuffix(' ms')) for c in cells[1:4])
+  assert cells[0] == 'batch 32' and min(full, frozen, torch_full) > 0
+  assert float(cells[4].removesuffix('x')) == pytest.approx(
+      full / torch_full, abs=0.01)
+  assert frozen < full  # no backward pass through the encoder

@@ -81,6 +81,7 @@ def test_every_command_line_tool_imports_into_one_process():
   tools = ['mmfusion.main', 'mmfusion.cost', 'experiments.ablate',
            'benchmarks.run', 'benchmarks.loss_curve', 'benchmarks.whole_runs',
            'benchmarks.op_profile', 'benchmarks.soak', 'benchmarks.manifest_scale',
+           'benchmarks.finetune_step',
            'mmfusion.predict', 'mmfusion.export']
   code = ''.join(f'import {t}\n' for t in tools)
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
