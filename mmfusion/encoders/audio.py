@@ -45,6 +45,24 @@ def slaney_hz(mel):
                   200.0 * m / 3.0)
 
 
+@functools.lru_cache(maxsize=8)
+def slaney_filterbank(sample_rate: int, n_fft: int, n_mels: int,
+                      fmin: float, fmax: float) -> np.ndarray:
+  """[K, M] float32 triangular filters on Slaney's mel scale over the
+  n_fft // 2 + 1 DFT bins, each of unit area (2 / bandwidth in Hz), as
+  librosa's `norm='slaney'` (Whisper's and the speech embedding's)."""
+  bins_K = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+  edges = slaney_hz(np.linspace(slaney_mel(fmin), slaney_mel(fmax),
+                                n_mels + 2))
+  lo_M, center_M, hi_M = edges[:-2], edges[1:-1], edges[2:]
+  rise_KxM = (bins_K[:, None] - lo_M) / (center_M - lo_M)
+  fall_KxM = (hi_M - bins_K[:, None]) / (hi_M - center_M)
+  fb_KxM = np.maximum(0.0, np.minimum(rise_KxM, fall_KxM)) * 2 / (hi_M - lo_M)
+  fb_KxM = fb_KxM.astype(np.float32)
+  fb_KxM.flags.writeable = False  # cached and shared
+  return fb_KxM
+
+
 @functools.lru_cache(maxsize=16)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int,
                    fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:

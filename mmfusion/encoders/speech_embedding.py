@@ -64,20 +64,10 @@ _STAGES = ((24, 1, (2, 2)), (48, 2, (1, 2)), (72, 2, (2, 2)),
            (96, 2, (1, 2)), (96, 2, (2, 2)))
 
 
-@functools.lru_cache(maxsize=1)
 def mel_filterbank() -> np.ndarray:
   """[K, M] triangular Slaney-scale filters, each scaled to unit area
   (2 / bandwidth in Hz); the front end's `1.melW`."""
-  bins_K = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-  edges = audio.slaney_hz(np.linspace(
-      audio.slaney_mel(FMIN), audio.slaney_mel(FMAX), N_MELS + 2))
-  lo_M, center_M, hi_M = edges[:-2], edges[1:-1], edges[2:]
-  rise_KxM = (bins_K[:, None] - lo_M) / (center_M - lo_M)
-  fall_KxM = (hi_M - bins_K[:, None]) / (hi_M - center_M)
-  fb_KxM = np.maximum(0.0, np.minimum(rise_KxM, fall_KxM)) * 2 / (hi_M - lo_M)
-  fb_KxM = fb_KxM.astype(np.float32)
-  fb_KxM.flags.writeable = False  # cached and shared
-  return fb_KxM
+  return audio.slaney_filterbank(SAMPLE_RATE, N_FFT, N_MELS, FMIN, FMAX)
 
 
 @functools.lru_cache(maxsize=1)

@@ -58,19 +58,9 @@ _INIT = nn.initializers.normal(0.02)  # Hugging Face's init_std
 _CONV_PAD = ((1, 1), (0, 0))  # Conv1d(padding=1) on [B, N, 1, C]
 
 
-@functools.lru_cache(maxsize=4)
 def mel_filters(n_mels: int) -> np.ndarray:
   """[K, M] triangular Slaney filters on the 201 DFT bins, unit area."""
-  bins_K = np.linspace(0.0, SAMPLE_RATE // 2, N_FFT // 2 + 1)
-  edges = audio.slaney_hz(np.linspace(
-      audio.slaney_mel(0.0), audio.slaney_mel(FMAX), n_mels + 2))
-  lo_M, center_M, hi_M = edges[:-2], edges[1:-1], edges[2:]
-  rise_KxM = (bins_K[:, None] - lo_M) / (center_M - lo_M)
-  fall_KxM = (hi_M - bins_K[:, None]) / (hi_M - center_M)
-  fb_KxM = np.maximum(0.0, np.minimum(rise_KxM, fall_KxM)) * 2 / (hi_M - lo_M)
-  fb_KxM = fb_KxM.astype(np.float32)
-  fb_KxM.flags.writeable = False  # cached and shared
-  return fb_KxM
+  return audio.slaney_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, FMAX)
 
 
 def num_samples(length: int, max_seconds: float | None) -> int:

@@ -211,9 +211,3 @@ def lr_factors(params, encoders) -> dict:
 
   return jax.tree_util.tree_map_with_path(factor, params)
 
-
-def frozen_leaves(params, encoders) -> set:
-  """The key paths of the leaves `labels` freezes."""
-  flat = jax.tree_util.tree_flatten_with_path(labels(params, encoders))[0]
-  return {tuple(getattr(k, 'key', k) for k in path)
-          for path, label in flat if label == 'frozen'}
