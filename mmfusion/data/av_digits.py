@@ -10,6 +10,11 @@ Every example pairs three views of one digit 0-9:
          and pitch; validation and test speakers are held out of training
          (`speech.HELD_OUT_VARIANTS`). 16 kHz, 0.75 s, random onset and gain,
          light background noise.
+         The `test_speech_shift` split, built only when `speech_shift_dir`
+         points at Tux Paint's stamps (`tuxpaint`; `make tuxpaint` gets
+         them), has test images and text but human speech: two English
+         voices saying each digit, placed like the eSpeak words (random
+         onset, gain and light noise).
   text   the word in one of 7 languages (UTF-8 byte tokens, 0 = padding) with
          typos (adjacent swaps, drops, substitutions) and random case.
 
@@ -60,6 +65,7 @@ from mmfusion.runtime import errors
 from mmfusion.data import corrupt
 from mmfusion.data import speech
 from mmfusion.data import tokenizer
+from mmfusion.data import tuxpaint
 
 SAMPLE_RATE = 16_000
 MODALITIES = ('image', 'audio', 'text')
@@ -73,6 +79,7 @@ WORDS = {  # index = digit
     'nl': 'nul een twee drie vier vijf zes zeven acht negen',
 }
 WORDS = {lang: tuple(words.split()) for lang, words in WORDS.items()}
+SPLITS = ('train', 'validation', 'test', 'test_shift', 'test_speech_shift')
 RATES, PITCHES = (160, 250), (25, 75)  # eSpeak ranges the speakers draw from
 
 
@@ -84,6 +91,10 @@ class AvDigitsConfig(tfds.core.BuilderConfig):
   num_validation: int = 500
   num_test: int = 1000
   num_test_shift: int = 1000  # scikit-learn digits; 0: no such split
+  # Human speech (Tux Paint's stamps folder, see `tuxpaint`); '': no
+  # test_speech_shift split.
+  speech_shift_dir: str = ''
+  num_test_speech_shift: int = 1000
   train_speakers: int = 500  # (voice, rate, pitch) draws saying all 10 digits
   eval_speakers: int = 60  # the same per evaluation split
   audio_samples: int = 12_000  # 0.75 s at 16 kHz; longer words are cut
@@ -139,6 +150,11 @@ def check(c: AvDigitsConfig):
                      "'sequence'")
   if min(c.train_speakers, c.eval_speakers) < 1:
     raise ValueError('train_speakers and eval_speakers must be at least 1')
+  if c.speech_shift_dir and c.kind == 'video':
+    raise ValueError('speech_shift_dir makes a split of single digits; the '
+                     'video variant has none, so leave it empty')
+  if c.speech_shift_dir:
+    tuxpaint.stamps_dir(c.speech_shift_dir)  # a UserError saying how to get it
 
 
 # ------------------------------------------------------------------ Sources ---
@@ -189,12 +205,25 @@ def sklearn_digits():
 
 
 def image_pool(split: str):
-  return sklearn_digits() if split == 'test_shift' else mnist_splits()[split]
+  if split == 'test_shift':
+    return sklearn_digits()
+  return mnist_splits()['test' if split == 'test_speech_shift' else split]
 
 
 def voice_names() -> list[str]:
-  """Every voice, in the order of the `voice` feature's values."""
-  return [v for s in ('train', 'validation', 'test') for v in speech.voices(s)]
+  """Every voice, in the order of the `voice` feature's values: eSpeak's,
+  then Tux Paint's human ones."""
+  return [v for s in ('train', 'validation', 'test')
+          for v in speech.voices(s)] + list(tuxpaint.DIGIT_VOICES)
+
+
+def speakers(c: AvDigitsConfig, split: str):
+  """Voice ids [P] and waves [P][10] of the speakers a split draws from."""
+  if split != 'test_speech_shift':
+    return speech_bank(split, c.train_speakers if split == 'train' else
+                       c.eval_speakers, c.seed)
+  names, waves = tuxpaint.spoken_digits(c.speech_shift_dir, SAMPLE_RATE)
+  return np.asarray([voice_names().index(n) for n in names], np.int32), waves
 
 
 def speech_bank(split: str, num_speakers: int, seed: int):
@@ -202,7 +231,7 @@ def speech_bank(split: str, num_speakers: int, seed: int):
   `num_speakers` random (voice, rate, pitch) draws saying every digit."""
   names = voice_names()
   voices = speech.voices('test' if split == 'test_shift' else split)
-  salt = ('train', 'validation', 'test', 'test_shift').index(split)
+  salt = SPLITS.index(split)
   rng = np.random.default_rng([seed, salt, 7])
   picks = rng.integers(0, len(voices), num_speakers)
   rates = rng.integers(RATES[0], RATES[1] + 1, num_speakers)
@@ -254,12 +283,10 @@ def speech_spectrum(waves, length: int):
 def digit_examples(c: AvDigitsConfig, split: str, n: int):
   """Yields (key, example) of a clean or noisy split."""
   images, labels = image_pool(split)
-  salt = ('train', 'validation', 'test', 'test_shift').index(split)
-  rng = np.random.default_rng([c.seed, salt])
+  rng = np.random.default_rng([c.seed, SPLITS.index(split)])
   order = np.concatenate([rng.permutation(len(labels))
                           for _ in range(-(-n // len(labels)))])[:n]
-  voice_ids, bank = speech_bank(
-      split, c.train_speakers if split == 'train' else c.eval_speakers, c.seed)
+  voice_ids, bank = speakers(c, split)
   spectrum = speech_spectrum([w for ws in bank for w in ws], c.audio_samples)
   tok = tokenizer.for_text(c.text_tokenizer)
   for key, i in enumerate(order):
@@ -361,11 +388,13 @@ def multi_hot(digits_K) -> np.ndarray:
 class AvDigits(tfds.core.GeneratorBasedBuilder):
   """Handwritten, spoken and written digits; clean, noisy or as video."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'First release.',
       '1.1.0': 'video: `labels`, the digits of a clip as a multi-hot bool '
                '[10]; every other feature unchanged.',
+      '1.2.0': 'clean/noisy: a test_speech_shift split of human speech when '
+               'speech_shift_dir is set; every other split unchanged.',
   }
   BUILDER_CONFIGS = BUILDER_CONFIGS
 
@@ -404,9 +433,12 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Everything ships in pip packages: nothing to download.
     c = self.builder_config
     sizes = {'train': c.num_train, 'validation': c.num_validation,
-             'test': c.num_test, 'test_shift': c.num_test_shift}
+             'test': c.num_test, 'test_shift': c.num_test_shift,
+             'test_speech_shift': c.num_test_speech_shift}
     if c.kind == 'video':
       del sizes['test_shift']
+    if not c.speech_shift_dir:
+      del sizes['test_speech_shift']
     return {split: self._generate_examples(split, n)
             for split, n in sizes.items() if n > 0}
 
