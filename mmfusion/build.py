@@ -23,6 +23,7 @@ import optax
 from mmfusion import fusion as fusion_lib
 from mmfusion import members as members_lib
 from mmfusion import models, pretrained, schema, sharding, tasks
+from mmfusion.data import augment
 from mmfusion.data import info as info_lib
 from mmfusion.data import pipeline
 from mmfusion.runtime import errors
@@ -144,6 +145,7 @@ def check_data(config, train_examples: int):
         f'batch_size={config.batch_size} is larger than the '
         f'{train_examples} training examples of {config.data.name}; pass '
         f'--config.batch_size={train_examples} or less.')
+  augment.check(config.data.augment, config.data.modalities)
 
 
 @dataclasses.dataclass

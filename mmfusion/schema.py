@@ -138,6 +138,7 @@ KEYS: dict[str, Check] = {
     'data.overrides': mapping(),
     'data.modality_dropout': mapping(PROBABILITY, 'probabilities in [0, 1]'),
     'data.extra_eval_splits': sequence(text, 'split names'),
+    'data.augment': mapping(),  # speech augmentation (data/augment.py)
     'model.fusion': text,
     'model.fusion_kwargs': mapping(),
     'model.encoders': mapping(module, 'encoder options by modality'),
@@ -175,7 +176,7 @@ OVERRIDABLE = frozenset({
     'optimizer.b2', 'optimizer.weight_decay', 'optimizer.grad_clip_norm'})
 # Dict-valued keys whose contents are checked by their own owners (a
 # module's options by the registry, data overrides by the builder).
-_OPAQUE = ('data.overrides', 'data.modality_dropout', 'model.fusion_kwargs',
+_OPAQUE = ('data.overrides', 'data.modality_dropout', 'data.augment', 'model.fusion_kwargs',
            'model.encoders', 'model.early_encoder', 'task')
 
 

@@ -154,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       modalities=config.data.modalities, process_index=jax.process_index(),
       process_count=jax.process_count(),
       modality_dropout=config.data.modality_dropout,
+      augment=config.data.augment,
       targets=run.task.TARGETS))
 
   # ------------------------------------------------- Model and its state ---

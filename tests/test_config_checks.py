@@ -35,6 +35,7 @@ BAD = {
     'data.overrides': ('num_train=4', {1: 2}),
     'data.modality_dropout': (0.5, {'image': 1.5}),
     'data.extra_eval_splits': ('train', ('',)),
+    'data.augment': ('reverb', {1: 2}),
     'model.fusion': (3, ''),
     'model.fusion_kwargs': ('rank=4', {'nope': 1}),
     'model.encoders': ('mlp', {'image': {'features': 64}}),
@@ -60,6 +61,7 @@ BAD_TOGETHER = {
     'vmap.values': (0.1, 0.2),  # with vmap.size 1 and key learning_rate
     'data.modality_dropout': {'audio': 0.5},  # not a modality of the run
     'data.extra_eval_splits': ('nope',),
+    'data.augment': {'audio': {'reverb': 0.5}},  # not a modality of the run
     'task': {'name': 'regression'},  # the data has no regression target
     'best_metric': 'auroc',  # 10 classes
     'best_mode': 'min',  # keeps the worst accuracy

@@ -14,6 +14,9 @@ mean-pooled tokens, concatenated, Dense(10). Sized for a 2-core CPU.
       evaluate on human speech too (test_speech_shift, from Tux Paint's
       stamps in ~/.cache/mmfusion/tuxpaint: `make tuxpaint`; or
       speech_shift=DIR for another copy)
+  --config=mmfusion/configs/av_digits.py:audio,augment
+      train with SPEECH_AUGMENT (speed, pitch, reverb, telephone band,
+      coloured noise, SpecAugment masks; mmfusion/data/augment.py)
   --config.model.fusion=gated                              another fusion
 
 Tasks (`task=NAME`, default classification of `label`):
@@ -45,6 +48,9 @@ MODALITIES = ('image', 'audio', 'text', 'video')
 TASKS = ('classification', 'multilabel', 'contrastive')
 FINETUNE = ('full', 'frozen')
 TEXT_CHECKPOINT = 'all-MiniLM-L6-v2'
+# Each kind touches this share of the training examples (data.augment.audio).
+SPEECH_AUGMENT = {'speed': 0.5, 'pitch': 0.3, 'reverb': 0.3, 'band_limit': 0.3,
+                  'noise': 0.3, 'spec_mask': 0.5}
 # Where `make tuxpaint` unpacks Tux Paint's stamps (tuxpaint.DEFAULT_DIR;
 # written out so that reading a config imports no dataset code).
 TUXPAINT_DIR = '~/.cache/mmfusion/tuxpaint'
@@ -91,8 +97,8 @@ def get_config(arg: str = ''):
   named = dict(a.split('=', 1) for a in args if '=' in a)
   if 'speech_shift' in args:
     named['speech_shift'] = TUXPAINT_DIR
-  bare = [a for a in args if '=' not in a and
-          a not in ('runlocal', 'speech_shift')]
+  flags = ('runlocal', 'speech_shift', 'augment')
+  bare = [a for a in args if '=' not in a and a not in flags]
   variant = named.get('variant') or next(
       (a for a in bare if a in VARIANTS), 'noisy')
   chosen = named.get('modalities') or next(
@@ -107,6 +113,7 @@ def get_config(arg: str = ''):
       set(named) - {'variant', 'modalities', 'task', 'loss', 'pretrained',
                     'finetune', 'speech_shift'} or
       ('speech_shift' in named and variant == 'video') or
+      ('augment' in args and 'audio' not in modalities) or
       any(m not in MODALITIES for m in modalities) or task not in TASKS or
       any(m not in pretrained_encoders(finetune) for m in pretrained) or
       finetune not in FINETUNE):
@@ -115,7 +122,7 @@ def get_config(arg: str = ''):
                      f'of {TASKS}, pretrained= from '
                      f'{tuple(pretrained_encoders(finetune))} joined by +, '
                      f'finetune= one of {FINETUNE}, speech_shift[=DIR] '
-                     f'(not with video), or runlocal')
+                     f'(not with video), augment (with audio), or runlocal')
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -134,6 +141,9 @@ def get_config(arg: str = ''):
   config.data.overrides = {}  # AvDigitsConfig fields, e.g. {'num_train': 800}
   # Probability of hiding each modality of a training example (present/<m>).
   config.data.modality_dropout = {}
+  # Training-time speech augmentation by modality (mmfusion/data/augment.py),
+  # e.g. {'audio': {'reverb': 0.5, 'band_limit': 0.5}}.
+  config.data.augment = {}
   # Evaluated at the end besides validation and test.
   config.data.extra_eval_splits = ('test_shift',) if variant != 'video' else ()
 
@@ -179,6 +189,8 @@ def get_config(arg: str = ''):
         'num_train': 256, 'num_validation': 64, 'num_test': 64,
         'num_test_shift': 0 if variant == 'video' else 64,
         'train_speakers': 20, 'eval_speakers': 10}
+  if 'augment' in args:
+    config.data.augment = {'audio': dict(SPEECH_AUGMENT)}
   if 'speech_shift' in named:
     config.data.overrides = {**config.data.overrides,
                              'speech_shift_dir': named['speech_shift']}

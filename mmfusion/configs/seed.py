@@ -53,6 +53,7 @@ def get_config(arg: str = ''):
   config.data.overrides = {}  # builder-config fields, e.g. {'noise': 2.0}
   # Probability of hiding each modality of a training example (present/<m>).
   config.data.modality_dropout = {}
+  config.data.augment = {}  # speech augmentation (mmfusion/data/augment.py)
   # Evaluated at the end besides validation and test.
   config.data.extra_eval_splits = ()
 

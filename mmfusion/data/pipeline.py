@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from mmfusion.runtime import errors, files
 from mmfusion.data import BUILDERS
+from mmfusion.data import augment as augment_lib
 from mmfusion.data import info as info_lib
 from mmfusion.data import transforms
 
@@ -145,6 +146,8 @@ def _to_batch(examples, modalities, targets=('label',)):
 # batched from memory: decoding a TFDS record costs ~50-130 us in Python, which
 # caps a per-record pipeline at ~10k examples/s, far below a small model's step.
 IN_MEMORY_BYTES = 2**30
+# batch_rng salts: modality dropout uses 1 + process, augmentation this + it.
+AUGMENT_SALT = 1 << 16
 
 
 def _read(source, indices) -> list:
@@ -173,6 +176,7 @@ def in_memory(source, modalities, max_bytes: int = IN_MEMORY_BYTES,
 def train_batches(source, *, batch_size: int, seed: int, modalities,
                   process_index: int = 0, process_count: int = 1,
                   modality_dropout: dict | None = None,
+                  augment: dict | None = None,
                   in_memory_bytes: int = IN_MEMORY_BYTES,
                   targets=('label',)):
   """Endless per-process batches of `batch_size`, reshuffled every epoch.
@@ -182,7 +186,8 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
   so any number of processes trains on exactly the batches one process would.
   `modality_dropout` ({modality: probability}) hides modalities per example,
   recorded in `present/<m>`, drawn from (seed, batch index, process): a
-  resumed run sees the same masks. A split that fits in `in_memory_bytes` is
+  resumed run sees the same masks. `augment` (`config.data.augment`)
+  augments speech after that, drawn the same way (`augment`). A split that fits in `in_memory_bytes` is
   decoded once and batched by indexing; the batches are the same either way.
   Rows need not be in one epoch: a split smaller than a batch repeats in it.
   """
@@ -218,6 +223,11 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
           f'({list(modalities)}) does not have; drop them or add the modality.')
     ds = ds.map_with_index(lambda i, batch: transforms.modality_dropout(
         batch, rates, transforms.batch_rng(seed, i, salt=1 + process_index)))
+  if augment:
+    parsed = augment_lib.check(augment, modalities)
+    ds = ds.map_with_index(lambda i, batch: augment_lib.apply(
+        batch, parsed, transforms.batch_rng(
+            seed, i, salt=AUGMENT_SALT + process_index)))
   return ds.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 
