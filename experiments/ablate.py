@@ -359,6 +359,9 @@ def collect(runs, kinds, workdir: str) -> list[dict]:
           'num_params': results['num_params'],
           'run_seconds': timing.get('train_seconds'),
           'validation': m['validation'], 'test': m['test'],
+          # data.extra_eval_splits (shifted test sets), as the run wrote them
+          'extra': {s: v for s, v in m.items() if isinstance(v, dict) and
+                    s not in ('validation', 'test')},
           'curves': rob['members'][j], 'skipped': rob['skipped']})
   return records
 

@@ -286,3 +286,28 @@ def test_robustness_areas_by_hand():
   assert stats.effective_robustness(shifted, lf) == pytest.approx(0)
   assert stats.effective_robustness(flat, lf) == pytest.approx(0.25)
   assert stats.minmax([0.2, 0.4, 0.3]) == pytest.approx([0.0, 1.0, 0.5])
+
+
+def test_extra_eval_splits_get_their_own_columns():
+  from experiments.report import aggregate, document
+  records = [{'cell': 'c', 'seed': s, 'member': s, 'step': 4, 'run': 'r',
+              'num_params': 1, 'run_seconds': 1.0,
+              'validation': {'accuracy': 0.5}, 'test': {'accuracy': t},
+              'extra': {'test_speech_shift': {'accuracy': x, 'examples': 20}},
+              'curves': {}, 'relative': {}, 'effective': {}, 'shapley': {},
+              'loo': {}} for s, t, x in ((0, 0.9, 0.6), (1, 0.8, 0.7))]
+  rows = [{'values': {'model.fusion': 'concat'}, 'fusion': 'concat',
+           'cost': {'num_classes': 10},
+           'test': aggregate._ci_dict([r['test'] for r in records]),
+           'extra': {'test_speech_shift': aggregate._ci_dict(
+               [r['extra']['test_speech_shift'] for r in records])}}]
+  text = document.extra_table(rows)
+  assert 'test_speech_shift' in text.splitlines()[0]
+  mean, ci = rows[0]['extra']['test_speech_shift']['accuracy'][:2]
+  assert mean == pytest.approx(0.65) and ci > 0
+  assert document.fmt(rows[0]['extra']['test_speech_shift']['accuracy'], 4) in text
+  assert aggregate.extra_splits(records) == ['test_speech_shift']
+  cells = [{'name': 'c', 'label': 'concat', 'values': {'model.fusion': 'concat'}}]
+  row = aggregate.csv_rows(cells, records)[0]
+  assert row['test_speech_shift/accuracy'] == 0.6
+  assert document.extra_table([{**rows[0], 'extra': {}}]) == ''

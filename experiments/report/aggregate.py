@@ -94,6 +94,12 @@ def _ci_dict(dicts) -> dict:
   return {k: stats.mean_ci([d.get(k, math.nan) for d in dicts]) for k in keys}
 
 
+def extra_splits(records) -> list[str]:
+  """The extra evaluation splits every record has, sorted."""
+  sets = [set(r.get('extra', {})) for r in records]
+  return sorted(set.intersection(*sets)) if sets else []
+
+
 def summarize(cells, records, costs) -> list[dict]:
   """One row per cell: mean +- CI of every test metric, robustness score,
   contribution and curve point, plus the cell's cost report."""
@@ -115,6 +121,9 @@ def summarize(cells, records, costs) -> list[dict]:
         'seeds': sorted(r['seed'] for r in rs), 'n': len(rs),
         'test': _ci_dict([{k: v for k, v in r['test'].items()
                            if k != 'examples'} for r in rs]),
+        'extra': {split: _ci_dict([{k: v for k, v in r['extra'][split].items()
+                                    if k != 'examples'} for r in rs])
+                  for split in extra_splits(rs)},
         'relative': _ci_dict([r['relative'] for r in rs]),
         'effective': _ci_dict([r['effective'] for r in rs]),
         'shapley': _ci_dict([r['shapley'] for r in rs]),
@@ -138,6 +147,8 @@ def csv_rows(cells, records) -> list[dict]:
                run_seconds=r['run_seconds'])
     for split in ('test', 'validation'):
       row.update({f'{split}/{k}': v for k, v in sorted(r[split].items())})
+    for split, metrics in sorted(r.get('extra', {}).items()):
+      row.update({f'{split}/{k}': v for k, v in sorted(metrics.items())})
     for kind, per_target in sorted(r['curves'].items()):
       for target, curve in sorted(per_target.items()):
         row.update({f'robust/{kind}/{target}/s{s}': a

@@ -82,6 +82,21 @@ def accuracy_table(rows, metrics=None) -> str:
       'params', 'fwd GFLOPs', 'train step ms', 'step peak MB'], body)
 
 
+def extra_table(rows) -> str:
+  """Per cell: the primary metric on the test split and on each extra
+  evaluation split (data.extra_eval_splits); '' when there are none."""
+  splits = sorted({s for r in rows for s in r.get('extra', {})})
+  if not splits:
+    return ''
+  metric = score(rows).metric
+  names, cells = _cell_columns(rows)
+  nan = (math.nan,) * 3
+  return table(names + ['test'] + splits, [
+      cell + [fmt(r['test'].get(metric, nan), 4)] +
+      [fmt(r['extra'].get(s, {}).get(metric, nan), 4) for s in splits]
+      for r, cell in zip(rows, cells)])
+
+
 def subset_columns(rows, metric=None):
   """`metric` (default: the primary) then `metric/<subset>` keys, largest
   subsets first."""
@@ -204,12 +219,16 @@ def write_all(workdir, cells, records, costs, meta) -> list[str]:
   subset_tables = '\n\n'.join(
       f'### {m} with some modalities missing\n\n{subset_table(rows, m)}'
       for m in full_metrics if len(subset_columns(rows, m)) > 1)
+  extra = extra_table(rows)
+  extra_section = (f'## {score(rows).metric} on the other evaluation splits'
+                   f'\n\nMean ± 95% CI over seeds.\n\n{extra}'
+                   if extra else '')
   _write(os.path.join(workdir, 'results.md'),
          f'# Results: test metrics per cell\n\nMean ± 95% CI over seeds '
          f'(Student t). Costs from `mmfusion.cost` (batch '
          f'{rows[0]["cost"]["batch_size"]}, {rows[0]["cost"]["backend"]}); '
          f'train step ms: median wall time of one compiled step.\n\n{main}'
-         f'\n\n{subset_tables}')
+         f'\n\n{extra_section}\n\n{subset_tables}')
   written.append('results.md')
 
   s = score(rows)
@@ -309,7 +328,9 @@ def _report(rows, meta, main, panels, front, skipped_text, multimodal) -> str:
       f'bold. Costs per batch of {rows[0]["cost"]["batch_size"]} on '
       f'{rows[0]["cost"]["backend"]}. Every test metric, and each subset of '
       f'modalities, is in [results.md](results.md); one row per run in '
-      f'[results.csv](results.csv).\n\n{main}\n\n![{metric}]({metric}.png)',
+      f'[results.csv](results.csv).\n\n{main}\n\n![{metric}]({metric}.png)'
+      + (f'\n\nOn every evaluation split ({metric}):\n\n{extra_table(rows)}'
+         if extra_table(rows) else ''),
       f'## {metric[:1].upper() + metric[1:]} vs compute\n\nPareto front (no '
       f'cell is both cheaper and better on {metric}): ' + ', '.join(
           r['label'] for r, f in zip(rows, front) if f) +
