@@ -68,7 +68,7 @@ ABLATE := $(PY) -m experiments.ablate --seeds=3
 DATA := $(if $(DATA_DIR),--config.data.data_dir=$(DATA_DIR))
 SEED := --config=mmfusion/configs/seed.py
 
-reports: $(VENV)/.reports
+reports: $(VENV)/.reports tuxpaint
 	for variant in redundancy uniqueness_image uniqueness_text; do \
 	  $(ABLATE) $(SEED):$$variant $(DATA) --config.total_steps=1000 \
 	    --sweep=model.fusion=$(FUSIONS) \
@@ -120,6 +120,35 @@ reports: $(VENV)/.reports
 	  $(ABLATE) --config=mmfusion/configs/av_digits.py:variant=video,modalities=$$m \
 	    $(DATA) --seeds=1 --sweep=model.fusion=concat \
 	    --workdir=$(REPORTS)/av_digits_video/baselines/$$m || exit 1; \
+	done
+	# Pretrained encoders vs training from scratch (summary: pretrained/
+	# README.md), the audio ones also on human speech (speech_shift: the
+	# stamps `make tuxpaint` unpacks into the default TUXPAINT_DIR).
+	for run in scratch:audio,speech_shift \
+	    scratch_augment:audio,speech_shift,augment \
+	    speech_embedding_frozen:audio,speech_shift,pretrained=audio,finetune=frozen \
+	    speech_embedding_finetuned:audio,speech_shift,pretrained=audio; do \
+	  $(ABLATE) --config=mmfusion/configs/av_digits.py:clean,$${run#*:} \
+	    $(DATA) --corruptions= --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/pretrained/audio/$${run%%:*} || exit 1; \
+	done
+	for run in scratch:speech_shift scratch_augment:speech_shift,augment \
+	    speech_embedding_frozen:speech_shift,pretrained=audio,finetune=frozen \
+	    speech_embedding_finetuned:speech_shift,pretrained=audio; do \
+	  $(ABLATE) --config=mmfusion/configs/av_digits.py:noisy,$${run#*:} \
+	    $(DATA) --config.total_steps=500 --config.eval_every=250 \
+	    --config.checkpoint_every=250 --corruptions= \
+	    --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/pretrained/fused/$${run%%:*} || exit 1; \
+	done
+	for run in text/gru:text text/minilm_frozen:text,pretrained=text,finetune=frozen \
+	    text/minilm_finetuned:text,pretrained=text image/cnn:image \
+	    image/efficientnet_lite0_frozen:image,pretrained=image,finetune=frozen; do \
+	  $(ABLATE) --config=mmfusion/configs/av_digits.py:clean,$${run#*:} \
+	    $(DATA) --config.total_steps=300 --config.eval_every=150 \
+	    --config.checkpoint_every=150 --corruptions= \
+	    --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/pretrained/$${run%%:*} || exit 1; \
 	done
 
 # Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,

@@ -164,3 +164,39 @@ def test_group_norm_vmapped_over_members_matches_each_member():
   for i in range(k):
     want = _value_and_grads(ref, jax.tree.map(lambda v: v[i], params), xs[i])
     _close(jax.tree.map(lambda v: v[i], got), want)
+
+
+@pytest.mark.parametrize('kernel,strides,padding,hw,batch', [
+    ((3, 3), 1, 'SAME', (9, 7), 5), ((3, 3), 2, 'SAME', (9, 8), 8),
+    ((5, 5), 1, 'SAME', (7, 7), 6), ((5, 5), 2, 'SAME', (10, 9), 3),
+    ((3, 3), 2, 'VALID', (9, 7), 4)])
+def test_depthwise_conv_matches_grouped_nn_conv(kernel, strides, padding, hw,
+                                                batch):
+  # Batches of 5 and 3 have no chunk of 4: the filter gradient takes 1 or 3.
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, *hw, 6))
+  ours = cpu_conv.DepthwiseConv(6, kernel, strides, padding)
+  ref = nn.Conv(6, kernel, strides, padding, feature_group_count=6)
+  params = ref.init(jax.random.PRNGKey(1), x)['params']
+  ours_params = ours.init(jax.random.PRNGKey(1), x)['params']
+  assert jax.tree.map(jnp.shape, ours_params) == jax.tree.map(jnp.shape, params)
+  _close(ours_params, params, 0)
+  _close(_value_and_grads(ours, params, x), _value_and_grads(ref, params, x))
+
+
+def test_depthwise_conv_vmapped_over_members_matches_each_member():
+  k = 3
+  xs = jax.random.normal(jax.random.PRNGKey(0), (k, 8, 6, 6, 5))
+  ours = cpu_conv.DepthwiseConv(5, (3, 3), 2, use_bias=False)
+  params = jax.vmap(lambda r: ours.init(r, xs[0])['params'])(
+      jax.random.split(jax.random.PRNGKey(1), k))
+  got = jax.vmap(lambda p, x: _value_and_grads(ours, p, x))(params, xs)
+  ref = nn.Conv(5, (3, 3), 2, feature_group_count=5, use_bias=False)
+  for i in range(k):
+    want = _value_and_grads(ref, jax.tree.map(lambda v: v[i], params), xs[i])
+    _close(jax.tree.map(lambda v: v[i], got), want)
+
+
+def test_depthwise_conv_names_a_wrong_input_in_one_sentence():
+  with pytest.raises(ValueError, match=r'takes \[B, H, W, 4\] inputs'):
+    cpu_conv.DepthwiseConv(4, (3, 3)).init(jax.random.PRNGKey(0),
+                                           jnp.zeros((2, 5, 5, 3)))

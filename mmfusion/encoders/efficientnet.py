@@ -142,10 +142,9 @@ class MBConv(nn.Module):
     if b.expand != 1:
       y = k.conv(c, (1, 1), use_bias=False, dtype=dt, name='expand_conv')(y)
       y = jax.nn.relu6(FrozenBatchNorm(dt, name='bn0')(y))
-    # Stock nn.Conv in every kernel set: the XLA:CPU set has no grouped conv.
-    y = nn.Conv(c, (b.kernel_size,) * 2, b.strides, padding='SAME',
-                feature_group_count=c, use_bias=False, dtype=dt,
-                name='depthwise_conv')(y)  # [B, h, w, C * expand]
+    y = k.depthwise_conv(c, (b.kernel_size,) * 2, b.strides, padding='SAME',
+                         use_bias=False, dtype=dt,
+                         name='depthwise_conv')(y)  # [B, h, w, C * expand]
     y = jax.nn.relu6(FrozenBatchNorm(dt, name='bn1')(y))
     y = k.conv(b.features, (1, 1), use_bias=False, dtype=dt,
                name='project_conv')(y)

@@ -6,7 +6,7 @@ are given and never look at the backend. This package is the one place that
 does:
 
   flax     stock flax/JAX ops (nn.Conv, nn.max_pool, nn.GroupNorm,
-           jax.nn.dot_product_attention): every backend, forward-mode and
+           jax.nn.dot_product_attention, grouped nn.Conv for depthwise): every backend, forward-mode and
            higher-order autodiff, the fused attention kernels of GPUs/TPUs.
   xla_cpu  the same layers with forwards, gradients and a vmap rule that are
            fast on XLA:CPU (`cpu_conv`, `cpu_attention`); `jax.custom_vjp`s,
@@ -32,11 +32,15 @@ class Kernels:
   max_pool: Callable[..., Any]  # nn.max_pool(x, window_shape, strides, padding)
   group_norm: Callable[..., nn.Module]  # nn.GroupNorm(num_groups=..., ...)
   attention: Callable[..., Any]  # flax's attention_fn (MultiHeadDotProduct...)
+  # nn.Conv(C, kernel_size, ..., feature_group_count=C) on C channels
+  depthwise_conv: Callable[..., nn.Module]
 
 
-FLAX = Kernels('flax', nn.Conv, nn.max_pool, nn.GroupNorm, stock.attention)
+FLAX = Kernels('flax', nn.Conv, nn.max_pool, nn.GroupNorm, stock.attention,
+               stock.depthwise_conv)
 XLA_CPU = Kernels('xla_cpu', cpu_conv.Conv, cpu_conv.max_pool,
-                  cpu_conv.GroupNorm, cpu_attention.dot_product_attention)
+                  cpu_conv.GroupNorm, cpu_attention.dot_product_attention,
+                  cpu_conv.DepthwiseConv)
 KERNELS = {'flax': FLAX, 'xla_cpu': XLA_CPU}
 CHOICES = ('auto',) + tuple(KERNELS)
 

@@ -12,6 +12,12 @@ parameters (names, shapes, initialisers), values and gradients, chosen by
              each tap's weights, one elementwise fusion that both threads
              share, where XLA:CPU runs its convolution on one thread. Under
              `config.vmap` each member's convolution runs ungrouped.
+  DepthwiseConv
+             nn.Conv with feature_group_count = channels (EfficientNet's,
+             MobileNet's): a sum over taps of windows times per-channel
+             weights, whose filter gradient reduces every tap over a few
+             examples at a time while they are in cache; XLA:CPU's grouped
+             convolution gradient is 10-60x slower.
   max_pool   nn.max_pool; non-overlapping windows (window == strides) run
              as reshapes, maxima and selects instead of reduce-window and
              select-and-scatter.
@@ -49,22 +55,29 @@ def _conv(x, kernel, strides, pads):
                                   dimension_numbers=_DN)
 
 
-def _taps_conv(x_BxHxWxC, kernel_KhxKwxCxO, strides, pads):
-  """`_conv` as a sum over taps and input channels of a strided window of x
-  times that tap's weights (broadcast over O): one elementwise fusion."""
-  kh, kw, c, _ = kernel_KhxKwxCxO.shape
+def _tap_windows(x_BxHxWxC, kernel_hw, strides, pads):
+  """Yields (i, j, window [B, h, w, C]): the strided slice of padded x that
+  tap (i, j) of a kernel multiplies."""
+  kh, kw = kernel_hw
   x = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
-  b, hh, ww, _ = x.shape
+  b, hh, ww, c = x.shape
   sh, sw = strides
   h, w = (hh - kh) // sh + 1, (ww - kw) // sw + 1
-  y_BxhxwxO = 0
   for i in range(kh):
     for j in range(kw):
       end = (b, i + (h - 1) * sh + 1, j + (w - 1) * sw + 1, c)
-      window_Bxhxwxc = lax.slice(x, (0, i, j, 0), end, (1, sh, sw, 1))
-      for ci in range(c):
-        tap_O = kernel_KhxKwxCxO[i, j, ci]
-        y_BxhxwxO = y_BxhxwxO + window_Bxhxwxc[..., ci:ci + 1] * tap_O
+      yield i, j, lax.slice(x, (0, i, j, 0), end, (1, sh, sw, 1))
+
+
+def _taps_conv(x_BxHxWxC, kernel_KhxKwxCxO, strides, pads):
+  """`_conv` as a sum over taps and input channels of a strided window of x
+  times that tap's weights (broadcast over O): one elementwise fusion."""
+  y_BxhxwxO = 0
+  for i, j, window_Bxhxwxc in _tap_windows(
+      x_BxHxWxC, kernel_KhxKwxCxO.shape[:2], strides, pads):
+    for ci in range(kernel_KhxKwxCxO.shape[2]):
+      tap_O = kernel_KhxKwxCxO[i, j, ci]
+      y_BxhxwxO = y_BxhxwxO + window_Bxhxwxc[..., ci:ci + 1] * tap_O
   return y_BxhxwxO
 
 
@@ -145,6 +158,96 @@ def _conv2d_bwd(strides, pads, chunk, taps, res, dy_BxhxwxO):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _depthwise_taps(x_BxHxWxC, kernel_KhxKwx1xC, strides, pads):
+  """Depthwise convolution (feature_group_count = C) as a sum over taps of a
+  strided window of x times that tap's per-channel weights."""
+  y_BxhxwxC = 0
+  for i, j, window_BxhxwxC in _tap_windows(
+      x_BxHxWxC, kernel_KhxKwx1xC.shape[:2], strides, pads):
+    y_BxhxwxC = y_BxhxwxC + window_BxhxwxC * kernel_KhxKwx1xC[i, j, 0]
+  return y_BxhxwxC
+
+
+def _depthwise_filter_grad(x_BxHxWxC, dy_BxhxwxC, kernel_shape, strides, pads,
+                           chunk):
+  """[Kh, Kw, 1, C]: per tap, the sum over positions of its window of x
+  times dy, computed `chunk` examples at a time (lax.map), so that x and dy
+  stay in cache across the Kh*Kw taps instead of streaming once per tap."""
+  b = x_BxHxWxC.shape[0]
+  chunk = max(c for c in range(1, min(chunk, b) + 1) if b % c == 0)
+  split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])
+
+  def taps_of(args):
+    x, dy = args
+    return jnp.stack([jnp.sum(window * dy, axis=(0, 1, 2)) for _, _, window
+                      in _tap_windows(x, kernel_shape[:2], strides, pads)])
+
+  per_chunk_NxTxC = lax.map(taps_of, (split(x_BxHxWxC), split(dy_BxhxwxC)))
+  return jnp.sum(per_chunk_NxTxC, 0).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv2d(x_BxHxWxC, kernel_KhxKwx1xC, strides, pads,
+                     chunk: int = 4):
+  """lax.conv_general_dilated with feature_group_count = C (NHWC, HWIO with
+  I = 1), as `_depthwise_taps`; its filter gradient `_depthwise_filter_grad`.
+  Elementwise throughout, so a vmap over members stays ungrouped."""
+  return _depthwise_taps(x_BxHxWxC, kernel_KhxKwx1xC, strides, pads)
+
+
+def _depthwise_fwd(x, kernel, strides, pads, chunk):
+  return depthwise_conv2d(x, kernel, strides, pads, chunk), (x, kernel)
+
+
+def _depthwise_bwd(strides, pads, chunk, res, dy_BxhxwxC):
+  x, kernel = res
+  # Linear in x: the input gradient is the transposed taps (pads of dy).
+  _, input_vjp = jax.vjp(
+      lambda x_: _depthwise_taps(x_, kernel, strides, pads), x)
+  return (input_vjp(dy_BxhxwxC)[0],
+          _depthwise_filter_grad(x, dy_BxhxwxC, kernel.shape, strides, pads,
+                                 chunk))
+
+
+depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class DepthwiseConv(nn.Module):
+  """nn.Conv(features, kernel_size, ..., feature_group_count=features) on
+  [B, H, W, features]: the same `kernel` [kh, kw, 1, features] and `bias`,
+  values and gradients, where XLA:CPU's grouped convolution takes seconds for
+  a filter gradient that this takes tens of ms for (benchmarks/notes.md)."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: str | Sequence[tuple[int, int]] = 'SAME'
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  filter_grad_chunk: int = 4  # examples per filter-gradient step
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    if x_BxHxWxC.ndim != 4 or x_BxHxWxC.shape[-1] != self.features:
+      raise ValueError(f'cpu_conv.DepthwiseConv({self.features}) takes '
+                       f'[B, H, W, {self.features}] inputs, got shape '
+                       f'{x_BxHxWxC.shape}.')
+    kh, kw = tuple(self.kernel_size)
+    s = ((self.strides,) * 2 if isinstance(self.strides, int)
+         else tuple(self.strides))
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, 1, self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias,
+                                             dtype=self.dtype)
+    pads = _pads(x.shape[1:3], (kh, kw), s, self.padding)
+    y = depthwise_conv2d(x, kernel, s, pads, self.filter_grad_chunk)
+    return y if bias is None else y + bias
 
 
 class Conv(nn.Module):

@@ -1,4 +1,5 @@
-"""Attention from stock JAX ops, in flax's `attention_fn` contract."""
+"""Stock flax/JAX ops in the contracts of the kernel slots that flax has no
+class for: attention (`attention_fn`) and depthwise convolution."""
 
 import flax.linen as nn
 import jax
@@ -19,3 +20,11 @@ def attention(query, key, value, mask=None, dropout_rng=None,
   if dtype is not None:
     query, key, value = (x.astype(dtype) for x in (query, key, value))
   return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
+def depthwise_conv(features: int, kernel_size, strides=1, padding='SAME',
+                   **kwargs) -> nn.Conv:
+  """nn.Conv over `features` channels, one filter each (feature_group_count
+  = features): parameters `kernel` [kh, kw, 1, features] (and `bias`)."""
+  return nn.Conv(features, kernel_size, strides, padding=padding,
+                 feature_group_count=features, **kwargs)
