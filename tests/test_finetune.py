@@ -181,3 +181,40 @@ def test_layer_decay_scales_each_layer_by_its_depth():
   assert factors['head']['Dense_0']['kernel'] == 1.0  # not the encoder's
   with pytest.raises(errors.UserError, match=r'layer_decay=1.5 must be in'):
     pretrained.check('model.encoders.text', {**cfg, 'layer_decay': 1.5})
+
+
+@pytest.mark.slow  # the three packaged encoders, trained through the loop
+@pytest.mark.parametrize('modes', [
+    {'audio': 'frozen', 'image': 'full', 'text': 'lora'},
+    {'audio': 'full', 'image': 'frozen', 'text': 'frozen'}])
+def test_packaged_encoders_train_in_av_digits_in_every_mode(modes, data_dir,
+                                                            tmp_path):
+  """Every fine-tuning mode of each packaged encoder, end to end: trained,
+  evaluated, checkpointed and loaded back; a frozen encoder still holds its
+  package's weights after training."""
+  import mmfusion
+  from mmfusion.pretrained import bert, efficientnet
+  config = av_digits.get_config('runlocal,pretrained=image+audio+text')
+  config.data.data_dir = data_dir
+  config.data.overrides = {**TINY_AV_DATA, 'text_tokenizer': 'all-MiniLM-L6-v2'}
+  config.batch_size, config.total_steps = 8, 4
+  config.eval_every = config.checkpoint_every = 2
+  config.optimizer.warmup_steps = 1
+  config.model.encoders.image.image_size = 32  # the weights fit any size
+  for m, mode in modes.items():
+    config.model.encoders[m].finetune = mode
+    if mode == 'lora':
+      config.model.encoders[m].lora_rank = 4
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(config, workdir)
+  assert results['step'] == 4 and np.isfinite(results['test']['loss'])
+  params = mmfusion.load(workdir).params
+  assert ('lora_text' in params) == (modes['text'] == 'lora')
+  packaged = {'audio': speech_embedding.tensors('speech-embedding'),
+              'image': efficientnet.tensors('efficientnet-lite0'),
+              'text': bert.tensors('all-MiniLM-L6-v2')}
+  for m, mode in modes.items():
+    flat = pretrained.weights.flat_names(params[f'encoder_{m}'])
+    same = [np.array_equal(leaf, packaged[m][name])
+            for name, leaf in flat.items() if name in packaged[m]]
+    assert same and all(same) == (mode != 'full'), m

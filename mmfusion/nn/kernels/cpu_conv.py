@@ -214,11 +214,8 @@ def _depthwise_bwd(strides, pads, chunk, res, dy_BxhxwxC):
 depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-class DepthwiseConv(nn.Module):
-  """nn.Conv(features, kernel_size, ..., feature_group_count=features) on
-  [B, H, W, features]: the same `kernel` [kh, kw, 1, features] and `bias`,
-  values and gradients, where XLA:CPU's grouped convolution takes seconds for
-  a filter gradient that this takes tens of ms for (benchmarks/notes.md)."""
+class _ConvLike(nn.Module):
+  """nn.Conv's fields, and its parameters declared as it declares them."""
   features: int
   kernel_size: Sequence[int]
   strides: int | Sequence[int] = 1
@@ -228,6 +225,27 @@ class DepthwiseConv(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
+
+  def _inputs(self, x_BxHxWxC, kernel_in: int):
+    """(x, kernel [kh, kw, kernel_in, features], bias or None, strides,
+    pads), promoted to the module's dtype."""
+    kh, kw = tuple(self.kernel_size)
+    s = ((self.strides,) * 2 if isinstance(self.strides, int)
+         else tuple(self.strides))
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, kernel_in, self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias,
+                                             dtype=self.dtype)
+    return x, kernel, bias, s, _pads(x.shape[1:3], (kh, kw), s, self.padding)
+
+
+class DepthwiseConv(_ConvLike):
+  """nn.Conv(features, kernel_size, ..., feature_group_count=features) on
+  [B, H, W, features]: the same `kernel` [kh, kw, 1, features] and `bias`,
+  values and gradients, where XLA:CPU's grouped convolution takes seconds for
+  a filter gradient that this takes tens of ms for (benchmarks/notes.md)."""
   filter_grad_chunk: int = 4  # examples per filter-gradient step
 
   @nn.compact
@@ -236,34 +254,16 @@ class DepthwiseConv(nn.Module):
       raise ValueError(f'cpu_conv.DepthwiseConv({self.features}) takes '
                        f'[B, H, W, {self.features}] inputs, got shape '
                        f'{x_BxHxWxC.shape}.')
-    kh, kw = tuple(self.kernel_size)
-    s = ((self.strides,) * 2 if isinstance(self.strides, int)
-         else tuple(self.strides))
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, 1, self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias,
-                                             dtype=self.dtype)
-    pads = _pads(x.shape[1:3], (kh, kw), s, self.padding)
+    x, kernel, bias, s, pads = self._inputs(x_BxHxWxC, 1)
     y = depthwise_conv2d(x, kernel, s, pads, self.filter_grad_chunk)
     return y if bias is None else y + bias
 
 
-class Conv(nn.Module):
+class Conv(_ConvLike):
   """2D convolution, NHWC; parameters `kernel` [kh, kw, C, O] and `bias` [O]
   as nn.Conv's (and auto-named `Conv_<i>` like it, so parameter trees match).
   The filter gradient is summed over chunks of the batch, and a layer with at
   most 4 input channels runs its forward as `_taps_conv`."""
-  features: int
-  kernel_size: Sequence[int]
-  strides: int | Sequence[int] = 1
-  padding: str | Sequence[tuple[int, int]] = 'SAME'
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
   filter_grad_chunk: int = 8  # examples per filter-gradient piece; 0: one
   taps: bool = True  # forward as `_taps_conv` with at most 4 input channels
 
@@ -272,17 +272,7 @@ class Conv(nn.Module):
     if x_BxHxWxC.ndim != 4:
       raise ValueError(f'cpu_conv.Conv takes [B, H, W, C] inputs, got shape '
                        f'{x_BxHxWxC.shape}; use nn.Conv for other ranks.')
-    kh, kw = tuple(self.kernel_size)
-    s = ((self.strides,) * 2 if isinstance(self.strides, int)
-         else tuple(self.strides))
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, x_BxHxWxC.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias,
-                                             dtype=self.dtype)
-    pads = _pads(x.shape[1:3], (kh, kw), s, self.padding)
+    x, kernel, bias, s, pads = self._inputs(x_BxHxWxC, x_BxHxWxC.shape[-1])
     y = conv2d(x, kernel, s, pads, self.filter_grad_chunk, self.taps)
     return y if bias is None else y + bias
 
