@@ -315,3 +315,35 @@ def test_extra_eval_splits_get_their_own_columns():
   row = aggregate.csv_rows(cells, records)[0]
   assert row['test_speech_shift/accuracy'] == 0.6
   assert document.extra_table([{**rows[0], 'extra': {}}]) == ''
+
+
+def test_combine_puts_several_ablations_in_one_table(tmp_path):
+  for name, accs, shift in (('a', (0.9, 0.8), True), ('b', (0.5, 0.7), False)):
+    cell = tmp_path / name / 'cells' / 'model.fusion=concat'
+    cell.mkdir(parents=True)
+    (cell / 'cost.json').write_text(json.dumps(
+        {'step_seconds': 0.25, 'train_step': {'peak_bytes': 2**21}}))
+    header = 'cell,run,test/accuracy' + (',test_speech_shift/accuracy'
+                                         if shift else '')
+    lines = [header] + [f'concat,cells/model.fusion=concat/seeds_0-1,{a}' +
+                        (f',{a - 0.2}' if shift else '') for a in accs]
+    (tmp_path / name / 'results.csv').write_text('\n'.join(lines) + '\n')
+  out = tmp_path / 'summary.md'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.report.combine', f'--out={out}',
+       f'one={tmp_path / "a"}', f'two={tmp_path / "b"}'], cwd=ROOT,
+      env=subprocess_env(1), capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  lines = out.read_text().splitlines()
+  assert '| run | seeds | test accuracy | test_speech_shift accuracy |' in (
+      '\n'.join(lines))
+  one = next(l for l in lines if l.startswith('| one '))
+  two = next(l for l in lines if l.startswith('| two '))
+  ci = stats.mean_ci([0.9, 0.8])[1]
+  assert f'0.8500 ± {ci:.4f}' in one and f'0.6500 ± {ci:.4f}' in one
+  assert two.split(' | ')[3] == '—' and '250.0 | 2.0' in two
+  bad = subprocess.run(
+      [sys.executable, '-m', 'experiments.report.combine', f'--out={out}',
+       str(tmp_path / 'a')], cwd=ROOT, env=subprocess_env(1),
+      capture_output=True, text=True, timeout=60)
+  assert bad.returncode != 0 and 'NAME=WORKDIR' in bad.stderr

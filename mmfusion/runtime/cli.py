@@ -39,7 +39,8 @@ TUNE_MALLOC = flags.DEFINE_bool(
 OUT = flags.DEFINE_string(
     'out', None, 'Where the command writes: mmfusion.predict its JSON Lines '
     'predictions, mmfusion.export a new directory, benchmarks.run its '
-    'Markdown results (unset: benchmarks/RESULTS.md; "": none).')
+    'Markdown results (unset: benchmarks/RESULTS.md; "": none), '
+    'experiments.report.combine its table.')
 NOTES = flags.DEFINE_string(
     'notes', None, 'A Markdown file (what was found, what is left) that the '
     'written report ends with.')
