@@ -51,9 +51,6 @@ TEXT_CHECKPOINT = 'all-MiniLM-L6-v2'
 # Each kind touches this share of the training examples (data.augment.audio).
 SPEECH_AUGMENT = {'speed': 0.5, 'pitch': 0.3, 'reverb': 0.3, 'band_limit': 0.3,
                   'noise': 0.3, 'spec_mask': 0.5}
-# Where `make tuxpaint` unpacks Tux Paint's stamps (tuxpaint.DEFAULT_DIR;
-# written out so that reading a config imports no dataset code).
-TUXPAINT_DIR = '~/.cache/mmfusion/tuxpaint'
 
 
 def pretrained_encoders(finetune: str):
@@ -96,7 +93,7 @@ def get_config(arg: str = ''):
   args = [a for a in (arg or '').split(',') if a]
   named = dict(a.split('=', 1) for a in args if '=' in a)
   if 'speech_shift' in args:
-    named['speech_shift'] = TUXPAINT_DIR
+    named['speech_shift'] = common.TUXPAINT_DIR
   flags = ('runlocal', 'speech_shift', 'augment')
   bare = [a for a in args if '=' not in a and a not in flags]
   variant = named.get('variant') or next(

@@ -2,6 +2,10 @@
 
 import ml_collections
 
+# Where `make tuxpaint` unpacks Tux Paint's stamps (tuxpaint.DEFAULT_DIR;
+# written out so that reading a config imports no dataset code).
+TUXPAINT_DIR = '~/.cache/mmfusion/tuxpaint'
+
 
 def add_run_options(config: ml_collections.ConfigDict):
   """Sets the task (classification unless a config says otherwise) and the

@@ -7,6 +7,7 @@ Importing this package registers mmfusion's builders with TFDS, so
 from mmfusion.data import av_digits  # noqa: F401  (registers)
 from mmfusion.data import manifest  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
+from mmfusion.data import tuxpaint  # noqa: F401  (registers)
 
 # Builders that ship with mmfusion and build offline; `data.name` may also name
 # any other TFDS dataset, which then needs its own download.
@@ -14,4 +15,5 @@ BUILDERS = {
     'av_digits': av_digits.AvDigits,
     'manifest': manifest.Manifest,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
+    'tuxpaint': tuxpaint.Tuxpaint,
 }
