@@ -133,8 +133,7 @@ reports: $(VENV)/.reports tuxpaint
 	    --workdir=$(REPORTS)/pretrained/audio/$${run%%:*} || exit 1; \
 	done
 	for run in scratch:speech_shift scratch_augment:speech_shift,augment \
-	    speech_embedding_frozen:speech_shift,pretrained=audio,finetune=frozen \
-	    speech_embedding_finetuned:speech_shift,pretrained=audio; do \
+	    speech_embedding_frozen:speech_shift,pretrained=audio,finetune=frozen; do \
 	  $(ABLATE) --config=mmfusion/configs/av_digits.py:noisy,$${run#*:} \
 	    $(DATA) --config.total_steps=500 --config.eval_every=250 \
 	    --config.checkpoint_every=250 --corruptions= \
@@ -142,7 +141,7 @@ reports: $(VENV)/.reports tuxpaint
 	    --workdir=$(REPORTS)/pretrained/fused/$${run%%:*} || exit 1; \
 	done
 	for run in text/gru:text text/minilm_frozen:text,pretrained=text,finetune=frozen \
-	    text/minilm_finetuned:text,pretrained=text image/cnn:image \
+	    image/cnn:image \
 	    image/efficientnet_lite0_frozen:image,pretrained=image,finetune=frozen; do \
 	  $(ABLATE) --config=mmfusion/configs/av_digits.py:clean,$${run#*:} \
 	    $(DATA) --config.total_steps=300 --config.eval_every=150 \
@@ -150,6 +149,19 @@ reports: $(VENV)/.reports tuxpaint
 	    --sweep=model.fusion=concat \
 	    --workdir=$(REPORTS)/pretrained/$${run%%:*} || exit 1; \
 	done
+	$(PY) -m experiments.report.combine --out=$(REPORTS)/pretrained/summary.md \
+	  --title='Pretrained encoders against training from scratch (av_digits)' \
+	  audio/scratch=$(REPORTS)/pretrained/audio/scratch \
+	  audio/scratch_augment=$(REPORTS)/pretrained/audio/scratch_augment \
+	  audio/speech_embedding_frozen=$(REPORTS)/pretrained/audio/speech_embedding_frozen \
+	  audio/speech_embedding_finetuned=$(REPORTS)/pretrained/audio/speech_embedding_finetuned \
+	  fused/scratch=$(REPORTS)/pretrained/fused/scratch \
+	  fused/scratch_augment=$(REPORTS)/pretrained/fused/scratch_augment \
+	  fused/speech_embedding_frozen=$(REPORTS)/pretrained/fused/speech_embedding_frozen \
+	  text/gru=$(REPORTS)/pretrained/text/gru \
+	  text/minilm_frozen=$(REPORTS)/pretrained/text/minilm_frozen \
+	  image/cnn=$(REPORTS)/pretrained/image/cnn \
+	  image/efficientnet_lite0_frozen=$(REPORTS)/pretrained/image/efficientnet_lite0_frozen
 
 # Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,
 # 160 MB): the human speech of av_digits' test_speech_shift split
