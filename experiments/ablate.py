@@ -349,6 +349,8 @@ def collect(runs, kinds, workdir: str) -> list[dict]:
     results = finished(run)
     rob = robustness(run, kinds)
     timing = _read_json(os.path.join(run['dir'], 'ablate.json')) or {}
+    extra_splits = [s for s in run['cell']['config'].data.extra_eval_splits
+                    if s not in ('validation', 'test')]
     members = results.get('members') or [
         {'member': None, 'seed': run['seeds'][0], **results}]
     for j, m in enumerate(members):
@@ -360,8 +362,7 @@ def collect(runs, kinds, workdir: str) -> list[dict]:
           'run_seconds': timing.get('train_seconds'),
           'validation': m['validation'], 'test': m['test'],
           # data.extra_eval_splits (shifted test sets), as the run wrote them
-          'extra': {s: v for s, v in m.items() if isinstance(v, dict) and
-                    s not in ('validation', 'test')},
+          'extra': {s: m[s] for s in extra_splits if s in m},
           'curves': rob['members'][j], 'skipped': rob['skipped']})
   return records
 
