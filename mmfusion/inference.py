@@ -118,10 +118,24 @@ def saved_config(workdir: str, subdir: str, step: int,
     config = ml_collections.ConfigDict(_tuples(ckpt.saved_config(step)))
   finally:
     ckpt.close()
+  fill_later_keys(config)
   config.num_devices = 1  # inference runs on one device, whatever trained
   if kernels is not None:
     config.model.kernels = kernels
   return config
+
+
+# Keys added after a workdir may have been written, with the value that
+# means what such a run did. Training-only keys: a loaded model never uses
+# them, but `build.run` checks that every key is there.
+LATER_KEYS = {('data', 'augment'): {}}
+
+
+def fill_later_keys(config: ml_collections.ConfigDict):
+  """Adds to a saved config the LATER_KEYS it predates (in place)."""
+  for (section, key), value in LATER_KEYS.items():
+    if key not in config[section]:
+      config[section][key] = value
 
 
 def _data_info(workdir: str) -> info_lib.DataInfo | None:

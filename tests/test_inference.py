@@ -406,3 +406,16 @@ def test_import_mmfusion_is_light_and_exposes_the_api():
       'audio',)
   with pytest.raises(errors.UserError, match='unknown config'):
     mmfusion.get_config('nope')
+
+
+def test_a_config_saved_before_data_augment_still_builds(data_dir):
+  """Workdirs written before `data.augment` existed load: the key is filled
+  with what those runs did (no augmentation)."""
+  from mmfusion import build, inference
+  config = helpers.tiny_config(data_dir)
+  del config.data['augment']
+  with pytest.raises(errors.UserError, match='data.augment'):
+    build.check_config(config)
+  inference.fill_later_keys(config)
+  assert config.data.augment.to_dict() == {}
+  build.check_config(config)

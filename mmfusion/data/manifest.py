@@ -20,7 +20,7 @@ or `labels` column, or the columns `targets` names):
           .pgm/.ppm (Netpbm), or .png/.jpg/.bmp if Pillow is installed
   audio   file: .wav (PCM, 8-32 bit, any rate: resampled to `sample_rate`,
           channels averaged), .npy (float waveform at `sample_rate`), or
-          .flac if soundfile is installed; cut or zero-padded to
+          .flac (soundfile); cut or zero-padded to
           `audio_samples`
   text    the text itself (UTF-8 byte tokens, cut to `text_length`)
   label   class name; the classes are `labels` or else those of train rows
@@ -233,11 +233,7 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
       if x.ndim != 1:
         raise MediaError(f'a waveform must be 1-D, not {list(x.shape)}')
     elif ext == '.flac':
-      try:
-        import soundfile  # pylint: disable=g-import-not-at-top
-      except ImportError:
-        raise MediaError('reading .flac needs soundfile (pip install '
-                         'soundfile); or convert to .wav') from None
+      import soundfile  # pylint: disable=g-import-not-at-top
       x, rate = soundfile.read(path, dtype='float32', always_2d=True)
       x = x.mean(1)
     else:
