@@ -35,6 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from mmfusion.runtime import cli
+from mmfusion.runtime import progress
 
 _INPUT = flags.DEFINE_string(
     'input', None, 'CSV or JSONL file with one example per row (a manifest '
@@ -81,26 +82,6 @@ def read_input(path: str, data):
           for line, row in rows]
 
 
-class Progress:
-  """A `[####....] rows` bar on a terminal; plain lines otherwise."""
-
-  def __init__(self, total: int, stream=sys.stdout):
-    self.total, self.stream = total, stream
-    self.tty = stream.isatty()
-
-  def update(self, done: int):
-    if self.total <= CHUNK:
-      return
-    if self.tty:
-      filled = 24 * done // self.total
-      print(f'\r[{"#" * filled}{"." * (24 - filled)}] {done:,}/'
-            f'{self.total:,} rows', end='', file=self.stream, flush=True)
-      if done == self.total:
-        print(file=self.stream)
-    else:
-      print(f'{done:,}/{self.total:,} rows', file=self.stream, flush=True)
-
-
 def _example(model, row, root: str) -> dict:
   """The preprocessed example of one row; BadExample lists its problems."""
   from mmfusion import inference  # pylint: disable=g-import-not-at-top
@@ -109,7 +90,7 @@ def _example(model, row, root: str) -> dict:
   return inference.preprocess(model.data, row, root)
 
 
-def predict_rows(model, rows, root: str, skip: bool, progress=None):
+def predict_rows(model, rows, root: str, skip: bool, tally=None):
   """(Predictions of the good rows or None, [(line, id, reason)] of the bad).
 
   Rows go through in chunks, so memory holds one chunk's arrays. Without
@@ -136,8 +117,8 @@ def predict_rows(model, rows, root: str, skip: bool, progress=None):
       ids += [ident for ident, _ in good]
       outputs.append(model.apply_batch(inference.collate(
           [example for _, example in good])))
-    if progress:
-      progress.update(min(start + CHUNK, len(rows)))
+    if tally:
+      tally.update(min(start + CHUNK, len(rows)))
   if not outputs:
     return None, bad
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
@@ -181,8 +162,8 @@ def run(workdir: str, input_path: str, out: str, *, checkpoint='best',
   model = inference.load(workdir, checkpoint, member)
   rows = read_input(input_path, model.data)
   root = os.path.dirname(os.path.abspath(input_path))
-  predictions, bad = predict_rows(model, rows, root, skip_bad_rows,
-                                  Progress(len(rows)))
+  tally = progress.Tally(len(rows), 'rows', minimum=CHUNK + 1)
+  predictions, bad = predict_rows(model, rows, root, skip_bad_rows, tally)
   if bad and not skip_bad_rows:
     listed = '; '.join(f'line {n} ({why})' for n, _, why in bad)
     raise errors.UserError(
@@ -218,7 +199,7 @@ def run_split(workdir: str, split: str, out: str, *, checkpoint='best',
         f'{", ".join(builder.info.splits)}; pass one of them.')
   source = builder.as_data_source(split=split)
   outputs, ids = [], []
-  progress = Progress(len(source))
+  tally = progress.Tally(len(source), 'rows', minimum=CHUNK + 1)
   for batch in pipeline.eval_batches(source, batch_size=CHUNK,
                                      modalities=model.data.modalities,
                                      targets=()):
@@ -226,7 +207,7 @@ def run_split(workdir: str, split: str, out: str, *, checkpoint='best',
     start = len(ids)
     ids += [_split_id(source, i) for i in range(start, start + valid.sum())]
     outputs.append({k: v[valid] for k, v in model.apply_batch(batch).items()})
-    progress.update(len(ids))
+    tally.update(len(ids))
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   predictions = model.predictions(merged, ids)
   if embeddings:

@@ -200,6 +200,19 @@ def test_negatives_come_from_the_global_batch_on_8_devices(loss_fn):
   assert abs(local - float(one)) > 1e-3
 
 
+def test_a_tower_with_nothing_present_has_finite_gradients():
+  """A zero row (every modality of the tower absent) is left out of the
+  loss; its gradient must be zero, not the NaN of d|z|/dz at z = 0."""
+  z_BxD = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+  np.testing.assert_allclose(contrastive.unit(z_BxD),
+                             [[0.6, 0.8], [0.0, 0.0]])
+  valid_B = jnp.array([True, False])
+  loss = lambda z: contrastive.infonce(
+      contrastive.unit(z) @ contrastive.unit(z).T * 10, valid_B)
+  grad = jax.grad(loss)(z_BxD)
+  assert np.isfinite(grad).all() and np.all(grad[1] == 0)
+
+
 def test_contrastive_trains_end_to_end_and_exports_embeddings(tmp_path,
                                                              data_dir):
   config = tiny_config(data_dir, 'redundancy', total_steps=12)

@@ -94,6 +94,7 @@ and 95% of the French whole, and 64 bytes 97% of the English captions.
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import re
 
@@ -101,6 +102,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmfusion.runtime import errors
+from mmfusion.runtime import progress
 from mmfusion.data import manifest
 from mmfusion.data import speech
 from mmfusion.data import tokenizer
@@ -441,15 +443,18 @@ class Tuxpaint(tfds.core.GeneratorBasedBuilder):
     fractions = tuple(self.builder_config.split_fractions)
     parts = {s: [t for t in stamps if split_of(t.id, fractions) == s]
              for s in SPLITS}
-    return {s: self._generate_examples(part) for s, part in parts.items()
-            if part}
+    tally = progress.Tally(len(stamps), 'stamps read')
+    done = itertools.count(1)
+    return {s: self._generate_examples(part, lambda: tally.update(next(done)))
+            for s, part in parts.items() if part}
 
-  def _generate_examples(self, stamps):
+  def _generate_examples(self, stamps, count):
     c = self.builder_config
     tok = tokenizer.for_text(c.text_tokenizer)
     names = self._scan[3]
     for stamp in stamps:
       yield stamp.id, stamp_example(c, stamp, names, tok)
+      count()
 
   def download_and_prepare(self, **kwargs):  # pylint: disable=arguments-differ
     """Builds once; then, every time, says how many stamps were skipped."""

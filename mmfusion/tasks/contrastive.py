@@ -47,6 +47,13 @@ INIT = {'infonce': (math.log(1 / 0.07), None), 'siglip': (math.log(10.0), -10.0)
 SIDES = ('a', 'b')
 
 
+def unit(z_BxD):
+  """Rows scaled to unit length; a zero row (a tower whose modalities are all
+  absent) stays zero with finite gradients, which `z / norm(z)` lacks."""
+  sq_Bx1 = jnp.sum(jnp.square(z_BxD), axis=-1, keepdims=True)
+  return z_BxD * jax.lax.rsqrt(jnp.maximum(sq_Bx1, 1e-24))
+
+
 class TwoTowers(nn.Module):
   """Two MultimodalModels whose heads project to the shared width; returns
   ({'a', 'b': unit [B, D], 'present_a', 'present_b': [B], 'log_scale',
@@ -67,8 +74,7 @@ class TwoTowers(nn.Module):
     out, aux = {}, {}
     for side, tower in zip(SIDES, (self.tower_a, self.tower_b)):
       z_BxD, tower_aux = tower(batch, train=train)
-      out[side] = z_BxD / jnp.maximum(
-          jnp.linalg.norm(z_BxD, axis=-1, keepdims=True), 1e-12)
+      out[side] = unit(z_BxD)
       present = [models.present_of(batch, m) for m in tower.encoders]
       out[f'present_{side}'] = jnp.any(jnp.stack(present), axis=0)
       aux.update({k: v for k, v in tower_aux.items()
