@@ -5,6 +5,7 @@ Importing this package registers mmfusion's builders with TFDS, so
 """
 
 from mmfusion.data import av_digits  # noqa: F401  (registers)
+from mmfusion.data import karpathy  # noqa: F401  (registers)
 from mmfusion.data import manifest  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
 from mmfusion.data import tuxpaint  # noqa: F401  (registers)
@@ -13,6 +14,7 @@ from mmfusion.data import tuxpaint  # noqa: F401  (registers)
 # any other TFDS dataset, which then needs its own download.
 BUILDERS = {
     'av_digits': av_digits.AvDigits,
+    'karpathy_captions': karpathy.KarpathyCaptions,
     'manifest': manifest.Manifest,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
     'tuxpaint': tuxpaint.Tuxpaint,
