@@ -407,7 +407,15 @@ def test_retrieval_configs_pair_the_first_modality_with_the_rest():
     assert config.task.name == 'contrastive' and config.task.towers == pair
     assert config.task.zero_shot == zero_shot, arg  # English captions only
     assert config.best_metric == 'recall@1'
-  for bad in ('image,task=retrieval', 'task=captioning'):
+  config = config_lib.get_config(
+      'image+text,task=retrieval,pretrained=image+text,finetune=frozen')
+  build.check_config(config)
+  assert not config.task.zero_shot  # its prompts would be bytes, not WordPiece
+  assert config.model.encoders.text.name == 'bert'
+  assert config.model.encoders.image.finetune == 'frozen'
+  assert config.data.overrides['text_tokenizer'] == 'all-MiniLM-L6-v2'
+  for bad in ('image,task=retrieval', 'task=captioning', 'pretrained=video',
+              'finetune=lora'):
     with pytest.raises(ValueError, match='config arg'):
       config_lib.get_config(bad)
 

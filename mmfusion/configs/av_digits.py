@@ -46,28 +46,12 @@ from mmfusion.configs import common
 VARIANTS = ('clean', 'noisy', 'video')
 MODALITIES = ('image', 'audio', 'text', 'video')
 TASKS = ('classification', 'multilabel', 'contrastive')
-FINETUNE = ('full', 'frozen')
-TEXT_CHECKPOINT = 'all-MiniLM-L6-v2'
+FINETUNE = common.FINETUNE
+TEXT_CHECKPOINT = common.TEXT_CHECKPOINT
+pretrained_encoders = common.pretrained_encoders
 # Each kind touches this share of the training examples (data.augment.audio).
 SPEECH_AUGMENT = {'speed': 0.5, 'pitch': 0.3, 'reverb': 0.3, 'band_limit': 0.3,
                   'noise': 0.3, 'spec_mask': 0.5}
-
-
-def pretrained_encoders(finetune: str):
-  """The pretrained encoder of each modality that has one here; a
-  fine-tuned one learns at a tenth of the run's rate."""
-  run = {'finetune': finetune, 'lr_scale': 0.1 if finetune == 'full' else 1.0}
-  return {
-      'audio': {'name': 'speech_embedding', 'features': 64,
-                'checkpoint': 'speech-embedding', **run},
-      # 28x28 digits upsampled to half ImageNet's size: a quarter the cost.
-      'image': {'name': 'efficientnet_lite', 'features': 64,
-                'checkpoint': 'efficientnet-lite0', 'image_size': 112, **run},
-      # Reads WordPiece ids: the config builds the text with MiniLM's
-      # tokenizer (data.overrides.text_tokenizer).
-      'text': {'name': 'bert', 'features': 64,
-               'checkpoint': TEXT_CHECKPOINT, **run},
-  }
 
 
 def encoders():

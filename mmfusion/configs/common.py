@@ -41,3 +41,26 @@ def adamw(learning_rate: float = 3e-3, grad_clip_norm: float = 0.0):
       'final_lr_fraction': 0.01, 'b1': 0.9, 'b2': 0.999,
       'weight_decay': 1e-4,
       'grad_clip_norm': grad_clip_norm})  # 0: no clipping
+
+
+# Pretrained encoders (mmfusion/pretrained): how a run may train them, and
+# MiniLM's checkpoint, whose WordPiece tokenizer the data must then use.
+FINETUNE = ('full', 'frozen')
+TEXT_CHECKPOINT = 'all-MiniLM-L6-v2'
+
+
+def pretrained_encoders(finetune: str):
+  """The pretrained encoder of each modality that has one here; a
+  fine-tuned one learns at a tenth of the run's rate."""
+  run = {'finetune': finetune, 'lr_scale': 0.1 if finetune == 'full' else 1.0}
+  return {
+      'audio': {'name': 'speech_embedding', 'features': 64,
+                'checkpoint': 'speech-embedding', **run},
+      # Small images upsampled to half ImageNet's size: a quarter the cost.
+      'image': {'name': 'efficientnet_lite', 'features': 64,
+                'checkpoint': 'efficientnet-lite0', 'image_size': 112, **run},
+      # Reads WordPiece ids: the config builds the text with MiniLM's
+      # tokenizer (data.overrides.text_tokenizer).
+      'text': {'name': 'bert', 'features': 64,
+               'checkpoint': TEXT_CHECKPOINT, **run},
+  }

@@ -34,6 +34,12 @@ towers, the first modality against the rest; recall@1/5/10 over the split.
       stamp's)
 A stamp with no recording in the chosen language takes no part in speech
 retrieval (present/audio False).
+
+Pretrained encoders (`pretrained=` modalities joined by +, fine-tuned at a
+tenth of the rate, or `finetune=frozen`), as in av_digits: EfficientNet-Lite0
+(images upsampled to 112), MiniLM (the captions in its WordPiece ids), the
+speech embedding (trained on English; here French speech):
+  --config=mmfusion/configs/tuxpaint.py:pretrained=image+text,finetune=frozen
 """
 
 import ml_collections
@@ -60,13 +66,19 @@ def get_config(arg: str = ''):
   `runlocal`, or key=value pairs: `speech=LANG` (the spoken description's
   language, default fr), `caption=LOCALE` (default en; or random),
   `stamps=DIR` (default common.TUXPAINT_DIR), `task=` one of TASKS
-  (retrieval: exactly two or more modalities, the first against the rest)."""
+  (retrieval: two or more modalities, the first against the rest),
+  `pretrained=` modalities joined by +, `finetune=` full or frozen."""
   args = [a for a in (arg or '').split(',') if a]
   named = dict(a.split('=', 1) for a in args if '=' in a)
   bare = [a for a in args if '=' not in a and a != 'runlocal']
   modalities = tuple((bare[0] if bare else '+'.join(MODALITIES)).split('+'))
   task = named.get('task', 'classification')
-  if (len(bare) > 1 or set(named) - {'speech', 'caption', 'stamps', 'task'} or
+  pretrained = tuple(m for m in named.get('pretrained', '').split('+') if m)
+  finetune = named.get('finetune', 'full')
+  if (len(bare) > 1 or set(named) - {'speech', 'caption', 'stamps', 'task',
+                                     'pretrained', 'finetune'} or
+      any(m not in MODALITIES for m in modalities + pretrained) or
+      finetune not in common.FINETUNE or
       any(m not in MODALITIES for m in modalities) or
       len(set(modalities)) != len(modalities) or
       not all(named.values()) or task not in TASKS or
@@ -74,7 +86,9 @@ def get_config(arg: str = ''):
     raise ValueError(f'config arg {arg!r}: expected modalities from '
                      f'{MODALITIES} joined by + (two or more for '
                      f'task=retrieval), speech=LANG, caption=LOCALE, '
-                     f'stamps=DIR, task= one of {TASKS}, or runlocal')
+                     f'stamps=DIR, task= one of {TASKS}, pretrained= '
+                     f'modalities joined by +, finetune= one of '
+                     f'{common.FINETUNE}, or runlocal')
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -105,21 +119,27 @@ def get_config(arg: str = ''):
   config.model = ml_collections.ConfigDict()
   config.model.fusion = 'concat'
   config.model.fusion_kwargs = {}
-  config.model.encoders = {m: e for m, e in encoders().items()
+  chosen = {**encoders(), **{m: e for m, e in common.pretrained_encoders(
+      finetune).items() if m in pretrained}}
+  config.model.encoders = {m: e for m, e in chosen.items()
                            if m in modalities}
   config.model.early_encoder = {'name': 'mlp', 'features': 64}
   config.model.head_hidden = (64,)
   common.add_model_options(config.model)
   config.optimizer = common.adamw(grad_clip_norm=1.0)
   if task == 'retrieval':
-    english = config.data.overrides['text_locale'] == 'en'
+    english = (config.data.overrides['text_locale'] == 'en' and
+               'text' not in pretrained)  # zero-shot prompts are bytes
     config.task = ml_collections.ConfigDict(
         {'name': 'contrastive', 'loss_fn': 'infonce', 'width': 64,
          'towers': (modalities[:1], modalities[1:]),
-         # the category names as captions: only for English ones
+         # the category names as captions: English byte-token ones
          'zero_shot': modalities[1:] == ('text',) and english,
          'prompt': '{}'})
     config.best_metric = 'recall@1'
+  if 'text' in pretrained:
+    config.data.overrides = {**config.data.overrides,
+                             'text_tokenizer': common.TEXT_CHECKPOINT}
 
   if 'runlocal' in args:
     config.total_steps = 20
