@@ -7,6 +7,7 @@ Importing this package registers mmfusion's builders with TFDS, so
 from mmfusion.data import av_digits  # noqa: F401  (registers)
 from mmfusion.data import karpathy  # noqa: F401  (registers)
 from mmfusion.data import manifest  # noqa: F401  (registers)
+from mmfusion.data import mmimdb  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
 from mmfusion.data import tuxpaint  # noqa: F401  (registers)
 
@@ -16,6 +17,7 @@ BUILDERS = {
     'av_digits': av_digits.AvDigits,
     'karpathy_captions': karpathy.KarpathyCaptions,
     'manifest': manifest.Manifest,
+    'mmimdb': mmimdb.MmImdb,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
     'tuxpaint': tuxpaint.Tuxpaint,
 }
