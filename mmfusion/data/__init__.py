@@ -8,6 +8,7 @@ from mmfusion.data import av_digits  # noqa: F401  (registers)
 from mmfusion.data import karpathy  # noqa: F401  (registers)
 from mmfusion.data import manifest  # noqa: F401  (registers)
 from mmfusion.data import mmimdb  # noqa: F401  (registers)
+from mmfusion.data import multibench  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
 from mmfusion.data import tuxpaint  # noqa: F401  (registers)
 
@@ -18,6 +19,7 @@ BUILDERS = {
     'karpathy_captions': karpathy.KarpathyCaptions,
     'manifest': manifest.Manifest,
     'mmimdb': mmimdb.MmImdb,
+    'multibench_affect': multibench.MultibenchAffect,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
     'tuxpaint': tuxpaint.Tuxpaint,
 }

@@ -131,7 +131,7 @@ def from_builder(builder, data_config, stats=()) -> DataInfo:
   for m in data_config.modalities:
     shape, dtype = tuple(features[m].shape), np.dtype(features[m].np_dtype)
     inputs[m] = (shape, dtype.name)
-    if m == 'audio':
+    if m == 'audio' and len(shape) == 1:  # a waveform, not [T, F] features
       preprocessing[m] = {'sample_rate': int(getattr(bconfig, 'sample_rate',
                                                      16_000))}
     elif m == 'text' and dtype.kind in 'iu':
