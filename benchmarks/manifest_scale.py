@@ -239,7 +239,7 @@ def make_media(root: str, rng) -> Media:
   add('audio_unreadable', 'empty_a.npy', b'')
   add('audio_unreadable', 'str_a.npy', _npy(np.array(['a', 'b'])))
   add('audio_not_1d', 'wave2d.npy', _npy(np.zeros((SAMPLES, 2), np.float32)))
-  add('audio_format', 'sound.mp3', b'ID3 not decoded')
+  add('audio_unreadable', 'sound.mp3', b'ID3 not decoded')  # via PyAV
   add('audio_format', 'sound', good_wav)  # no extension
   if not _have('soundfile'):
     add('audio_needs_soundfile', 'sound.flac', b'fLaC not decoded')

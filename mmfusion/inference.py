@@ -45,6 +45,7 @@ from mmfusion import checkpoint as checkpoint_lib
 from mmfusion.data import info as info_lib
 from mmfusion.data import manifest
 from mmfusion.data import tokenizer
+from mmfusion.data import video
 from mmfusion.runtime import errors
 
 IGNORED = ('id', 'label', 'labels', 'split')  # keys of a row that are no input
@@ -229,9 +230,17 @@ def _input(value, shape, dtype, how: dict, root: str) -> np.ndarray:
   """One modality's array from its raw value, as the builders make it.
 
   `how` is the dataset's preprocessing of the modality; uint8 [H, W, C]
-  inputs are images.
+  inputs are images, uint8 [T, H, W, C] videos (a clip file is sampled to T
+  frames over its whole length).
   """
   is_image = len(shape) == 3 and dtype == np.uint8
+  if isinstance(value, str) and len(shape) == 4 and dtype == np.uint8:
+    x = video.read_video(_path(value, root), frames=shape[0],
+                         size=shape[1:3], crop=how.get('crop', 'center'))
+    if x.shape != tuple(shape):  # RGB frames for a model of grey ones
+      raise BadExample(f'is a clip of {list(x.shape)}, but the model takes '
+                       f'{list(shape)}')
+    return x
   if isinstance(value, str):
     if 'tokenizer' in how:
       return tokenizer.of_preprocessing(how).encode([value.strip()],

@@ -11,6 +11,7 @@ from mmfusion.data import mmimdb  # noqa: F401  (registers)
 from mmfusion.data import multibench  # noqa: F401  (registers)
 from mmfusion.data import synthetic_interactions  # noqa: F401  (registers)
 from mmfusion.data import tuxpaint  # noqa: F401  (registers)
+from mmfusion.data import video_folder  # noqa: F401  (registers)
 
 # Builders that ship with mmfusion and build offline; `data.name` may also name
 # any other TFDS dataset, which then needs its own download.
@@ -22,4 +23,5 @@ BUILDERS = {
     'multibench_affect': multibench.MultibenchAffect,
     'synthetic_interactions': synthetic_interactions.SyntheticInteractions,
     'tuxpaint': tuxpaint.Tuxpaint,
+    'video_folder': video_folder.VideoFolder,
 }

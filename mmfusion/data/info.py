@@ -137,6 +137,8 @@ def from_builder(builder, data_config, stats=()) -> DataInfo:
     elif m == 'text' and dtype.kind in 'iu':
       preprocessing[m] = tokenizer.preprocessing(
           getattr(bconfig, 'text_tokenizer', 'bytes'))
+    elif m == 'video' and len(shape) == 4:  # frames of a clip file
+      preprocessing[m] = {'crop': getattr(bconfig, 'video_crop', 'center')}
     elif m == 'tabular' and hasattr(builder, 'numeric_columns'):
       preprocessing[m] = {'columns': builder.numeric_columns()}
     else:

@@ -10,7 +10,9 @@ their digest (`manifest/default-1a2b3c4d`), built once into `data.data_dir`:
                            'image_size': (28, 28), 'audio_samples': 16000}
 
 or on the command line: `--config.data.name=manifest/default
---config.data.overrides="{'path': '/abs/path/manifest.jsonl'}"`.
+--config.data.overrides="{'path': '/abs/path/manifest.jsonl'}"`. A manifest
+of videos adds e.g. `'video_frames': 16, 'video_size': (64, 64)`, and
+`'audio_from_video': True` to take `audio` from the clips' own sound.
 
 The manifest has one example per row: a CSV file with a header row, or JSON
 Lines (one object per line). Columns, all optional but one target (a `label`
@@ -18,10 +20,19 @@ or `labels` column, or the columns `targets` names):
   id      unique name of the example (default: its line number)
   image   file: .npy (uint8, or float in [0, 1]; [H, W] or [H, W, C]),
           .pgm/.ppm (Netpbm), or .png/.jpg/.bmp if Pillow is installed
-  audio   file: .wav (PCM, 8-32 bit, any rate: resampled to `sample_rate`,
-          channels averaged), .npy (float waveform at `sample_rate`), or
-          .flac (soundfile); cut or zero-padded to
-          `audio_samples`
+  audio   file: .wav (PCM, 8-32 bit), .flac or .ogg (soundfile), .mp3,
+          .m4a, .aac or .opus (PyAV): any rate, resampled to `sample_rate`,
+          channels averaged; or .npy (float waveform at `sample_rate`); cut
+          or zero-padded to `audio_samples`
+  video   file: a clip FFmpeg decodes (.mp4, .webm, .mkv, .avi, ...) read
+          by `video.read_video`: `video_frames` RGB frames sampled uniformly
+          in time, each scaled to `video_size` as `video_crop` says
+          ('center': cover and cut the middle, 'resize': stretch, 'pad':
+          fit and pad with black); with `audio_from_video`, `audio` is the
+          clip's sound track instead of a column (a clip without one is a
+          bad row, or absent audio with `allow_missing`)
+  start, end  with a video column: the seconds of the clip to read (empty:
+          its start, its end); not numbers of `tabular`
   text    the text itself (UTF-8 byte tokens, cut to `text_length`)
   label   class name; the classes are `labels` or else those of train rows
   labels  class names joined by `|` (`cat|dog`; empty: none; in JSONL also a
@@ -36,19 +47,20 @@ or `labels` column, or the columns `targets` names):
 Paths are relative to the manifest's folder (or absolute).
 
 Features: `image` uint8 [H, W, C], `audio` float32 [S], `text` int32 [L],
-`tabular` float32 [F], `label`, `labels` bool [C] (multi-hot), `target`
-float32 [R] (those the manifest has), `id` (bytes) and `present` {modality:
-bool} (False only for cells left empty when `allow_missing`);
-`target_names()` names the C classes of `labels` and the R `targets`.
+`video` uint8 [T, H, W, 3], `tabular` float32 [F], `label`, `labels` bool
+[C] (multi-hot), `target` float32 [R] (those the manifest has), `id`
+(bytes) and `present` {modality: bool} (False only for cells left empty, or
+the sound of a silent clip, when `allow_missing`); `target_names()` names
+the C classes of `labels` and the R `targets`.
 
-Bad rows (missing or unreadable file, wrong image shape, unknown or missing
-label, unknown class in labels, missing or non-numeric target, duplicate id,
-non-numeric number, empty cell) stop the build with one
-UserError that lists every bad row's line number and reasons. With
-`skip_bad_rows=True` they are left out instead, listed in `skipped_rows.tsv`
-in the dataset's folder and counted on stdout, at build and at every later
-prepare. When the manifest or a file it names changes (size or time), the
-next prepare rebuilds the dataset.
+Bad rows (missing or unreadable file, wrong image shape, a clip without
+frames or sound, bad start/end, unknown or missing label, unknown class in
+labels, missing or non-numeric target, duplicate id, non-numeric number,
+empty cell) stop the build with one UserError that lists every bad row's
+line number and reasons. With `skip_bad_rows=True` they are left out
+instead, listed in `skipped_rows.tsv` in the dataset's folder and counted on
+stdout, at build and at every later prepare. When the manifest or a file it
+names changes (size or time), the next prepare rebuilds the dataset.
 """
 
 import csv
@@ -67,9 +79,13 @@ import tensorflow_datasets as tfds
 from mmfusion.runtime import errors
 from mmfusion.data import speech
 from mmfusion.data import tokenizer
+from mmfusion.data import video
 
-MODALITIES = ('image', 'audio', 'text')
+MODALITIES = ('image', 'audio', 'text', 'video')
 RESERVED = ('id', 'label', 'labels', 'split') + MODALITIES
+CLIP_TIMES = ('start', 'end')  # seconds of a video, with a video column
+# Sound files read through `video.read_audio` (soundfile or PyAV).
+AUDIO_TYPES = ('.flac', '.ogg', '.oga', '.mp3', '.m4a', '.aac', '.opus')
 SEPARATOR = '|'  # between the class names of a `labels` cell
 REPORT = 'skipped_rows.tsv'
 FINGERPRINT = 'manifest.fingerprint'
@@ -84,6 +100,10 @@ class ManifestConfig(tfds.core.BuilderConfig):
   sample_rate: int = 16_000
   audio_samples: int = 16_000  # longer waves are cut, shorter zero-padded
   text_length: int = 64  # bytes
+  video_frames: int = 16  # sampled uniformly over the clip (or start..end)
+  video_size: tuple[int, int] = (64, 64)  # H x W of every frame
+  video_crop: str = 'center'  # 'center', 'resize' or 'pad' (video.CROPS)
+  audio_from_video: bool = False  # `audio` is the video column's sound
   numeric: tuple[str, ...] | None = None  # None: every other column
   labels: tuple[str, ...] = ()  # `label` classes; (): the train rows', sorted
   # `labels` classes (multi-hot); (): the train rows', sorted
@@ -98,8 +118,9 @@ class _BadRow(Exception):
   """Problems of one row, as short phrases."""
 
 
-class MediaError(Exception):
-  """A file that is missing, unreadable or of the wrong shape."""
+# Raised by every reader here and in `video` (one class, defined there).
+MediaError = video.MediaError
+fit_length = video.fit_length
 
 
 # ------------------------------------------------------------------- Files ---
@@ -219,11 +240,14 @@ def _wav(path):
 
 
 def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
-  """float32 [samples] mono wave at `sample_rate` from .wav, .npy or (with
-  soundfile) .flac: resampled if needed, then cut or zero-padded."""
+  """float32 [samples] mono wave at `sample_rate` from .wav, .npy or a sound
+  file of AUDIO_TYPES (`video.read_audio`): resampled if needed, then cut or
+  zero-padded."""
   if not os.path.isfile(path):
     raise MediaError('file not found')
   ext = os.path.splitext(path)[1].lower()
+  if ext in AUDIO_TYPES:
+    return video.read_audio(path, sample_rate, samples)
   try:
     if ext == '.wav':
       x, rate = _wav(path)
@@ -232,12 +256,9 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
       rate = sample_rate
       if x.ndim != 1:
         raise MediaError(f'a waveform must be 1-D, not {list(x.shape)}')
-    elif ext == '.flac':
-      import soundfile  # pylint: disable=g-import-not-at-top
-      x, rate = soundfile.read(path, dtype='float32', always_2d=True)
-      x = x.mean(1)
     else:
-      raise MediaError(f'{ext or "no extension"} is not .wav, .npy or .flac')
+      raise MediaError(f'{ext or "no extension"} is neither .ogg, .mp3, '
+                       f'.m4a, .aac nor .opus, and is not .wav, .npy or .flac')
   except MediaError:
     raise
   except _UNREADABLE as e:
@@ -245,13 +266,6 @@ def read_audio(path, sample_rate: int, samples: int) -> np.ndarray:
   if rate != sample_rate:
     x = speech.resample([x], rate, sample_rate)[0]
   return fit_length(x, samples)
-
-
-def fit_length(wave_S, samples: int) -> np.ndarray:
-  """float32 [samples]: `wave_S` cut, or zero-padded at the end."""
-  out = np.zeros(samples, np.float32)
-  out[:min(len(wave_S), samples)] = wave_S[:samples]
-  return out
 
 
 def read_rows(path: str, require_label: bool = True):
@@ -383,7 +397,31 @@ def check_targets(path: str, columns, c: ManifestConfig):
         f'labels cell.')
 
 
-def _sort_labels(labels):
+def check_video_options(path: str, columns, c: ManifestConfig):
+  """Fails with one sentence on video options that cannot work."""
+  size = tuple(c.video_size)
+  if not (isinstance(c.video_frames, int) and c.video_frames >= 1 and
+          len(size) == 2 and all(isinstance(n, int) and n >= 1 for n in size)):
+    raise errors.UserError(
+        f'data.overrides.video_frames ({c.video_frames!r}) must be a whole '
+        f'number >= 1 and video_size ({c.video_size!r}) two of them (H, W).')
+  if c.video_crop not in video.CROPS:
+    raise errors.UserError(
+        f'data.overrides.video_crop is {c.video_crop!r}; choose one of: '
+        f'{", ".join(video.CROPS)}.')
+  if c.audio_from_video and 'video' not in columns:
+    raise errors.UserError(
+        f'data.overrides.audio_from_video takes the sound of the video '
+        f'column, but the manifest {path!r} has none; add one or drop the '
+        f'option.')
+  if c.audio_from_video and 'audio' in columns:
+    raise errors.UserError(
+        f'the manifest {path!r} has an audio column and '
+        f'data.overrides.audio_from_video takes audio from its videos; drop '
+        f'one of them.')
+
+
+def sort_labels(labels):
   """Numeric-looking labels sort by value ('2' < '10'), others as strings."""
   try:
     return sorted(labels, key=float)
@@ -410,10 +448,14 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
       self._path = os.path.abspath(c.path) if c.path else ''
       columns, self._rows = read_rows(self._path, require_label=False)
       check_targets(self._path, columns, c)
-      self._modalities = [m for m in MODALITIES if m in columns]
+      check_video_options(self._path, columns, c)
+      self._modalities = [m for m in MODALITIES if m in columns or (
+          m == 'audio' and c.audio_from_video)]
       self._targets = [str(k) for k in c.targets]
+      times = CLIP_TIMES if 'video' in columns else ()
       self._numeric = list(c.numeric) if c.numeric is not None else [
-          k for k in columns if k not in RESERVED + tuple(self._targets)]
+          k for k in columns
+          if k not in RESERVED + times + tuple(self._targets)]
       train = [r for n, r in self._rows if self._split_of(n, r) == 'train']
       self._labels = self._classes('label', c.labels, {
           _cell(r, 'label') for r in train} - {''}, columns)
@@ -428,7 +470,7 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     """The classes of `column` (None without one): `given`, else `seen`."""
     if column not in columns:
       return None
-    classes = [str(v) for v in given] or _sort_labels(seen)
+    classes = [str(v) for v in given] or sort_labels(seen)
     if not classes:
       option = 'labels' if column == 'label' else 'multilabel_classes'
       raise errors.UserError(
@@ -500,26 +542,36 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     if not re.fullmatch(r'[A-Za-z]\w*', split):
       problems.append(f'split {split!r} is not a name like train or test')
     shapes = {'image': (*c.image_size, c.image_channels),
-              'audio': (c.audio_samples,), 'text': (c.text_length,)}
-    for m in self._modalities:
-      ex['present'][m] = bool(_cell(row, m))
+              'audio': (c.audio_samples,), 'text': (c.text_length,),
+              'video': (c.video_frames, *c.video_size, 3)}
+    window = self._window(row, problems) if 'video' in self._modalities else (
+        None, None)
+    failed = False  # the video's file could not be read
+    # The clip's sound after the clip: nothing more to say if it is bad.
+    for m in sorted(self._modalities, key=lambda m: m == 'audio' and
+                    c.audio_from_video):
+      column = 'video' if m == 'audio' and c.audio_from_video else m
+      ex['present'][m] = bool(_cell(row, column))
+      ex[m] = np.zeros(shapes[m], np.int32 if m == 'text' else np.float32
+                       if m == 'audio' else np.uint8)
+      if column != m and (not ex['present'][m] or failed):
+        ex['present'][m] = False
+        continue
       if not ex['present'][m]:
         if not c.allow_missing:
           problems.append(f'empty {m}')
-        ex[m] = np.zeros(shapes[m], np.int32 if m == 'text' else
-                         np.uint8 if m == 'image' else np.float32)
         continue
       try:
-        if m == 'image':
-          ex[m] = read_image(self._file(row, m), shapes['image'])
-        elif m == 'audio':
-          ex[m] = read_audio(self._file(row, m), c.sample_rate,
-                             c.audio_samples)
-        else:
-          ex[m] = tokenizer.ByteTokenizer().encode(
-              _cell(row, m), c.text_length)[0]
+        ex[m] = self._read_cell(row, m, window)
+      except video.NoAudioTrack as e:
+        ex['present'][m] = False  # a silent clip: its audio is absent
+        if not c.allow_missing:
+          problems.append(f'audio of video {_cell(row, column)!r}: {e} (set '
+                          f'allow_missing=True to mark its audio absent)')
       except MediaError as e:
-        problems.append(f'{m} {_cell(row, m)!r}: {e}')
+        failed = failed or m == 'video'
+        problems.append(f'{m} {_cell(row, m)!r}: {e}' if column == m else
+                        f'audio of video {_cell(row, column)!r}: {e}')
     if self._numeric:
       values = [_real(_cell(row, k)) for k in self._numeric]
       problems += [f'{k} {_cell(row, k)!r} is not a finite number'
@@ -529,6 +581,37 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
       raise _BadRow('; '.join(problems))
     ex['id'] = _ident(line, row)
     return split, ex
+
+  def _read_cell(self, row, m, window):
+    """The array of modality `m` of a row; MediaError for a bad file."""
+    c = self.builder_config
+    if m == 'image':
+      return read_image(self._file(row, m), (*c.image_size, c.image_channels))
+    if m == 'text':
+      return tokenizer.ByteTokenizer().encode(_cell(row, m),
+                                              c.text_length)[0]
+    start, end = window
+    if m == 'video':
+      return video.read_video(self._file(row, m), frames=c.video_frames,
+                              size=c.video_size, start=start, end=end,
+                              crop=c.video_crop)
+    if c.audio_from_video:
+      return video.read_audio_track(
+          self._file(row, 'video'), sample_rate=c.sample_rate,
+          samples=c.audio_samples, start=start, end=end)
+    return read_audio(self._file(row, m), c.sample_rate, c.audio_samples)
+
+  def _window(self, row, problems):
+    """(start, end) seconds of a row's clip (None where a cell is empty);
+    a cell that is not a number of seconds is one of `problems`."""
+    out = []
+    for k in CLIP_TIMES:
+      text = _cell(row, k)
+      x = _real(text) if text else None
+      if text and (x is None or x < 0):
+        problems.append(f'{k} {text!r} is not a number of seconds')
+      out.append(x if x is not None and x >= 0 else None)
+    return tuple(out)
 
   def _scan(self):
     """{split: [(line, row)]} of good rows, and [(line, id, reason)] of bad."""
@@ -554,7 +637,7 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
     with open(self._path, 'rb') as f:
       h.update(f.read())
     for _, row in self._read():
-      for m in ('image', 'audio'):
+      for m in ('image', 'audio', 'video'):
         if _cell(row, m):
           try:
             st = os.stat(self._file(row, m))
@@ -587,6 +670,9 @@ class Manifest(tfds.core.GeneratorBasedBuilder):
       features['audio'] = tensor(shape=(c.audio_samples,), dtype=np.float32)
     if 'text' in self._modalities:
       features['text'] = tensor(shape=(c.text_length,), dtype=np.int32)
+    if 'video' in self._modalities:
+      features['video'] = tensor(shape=(c.video_frames, *c.video_size, 3),
+                                 dtype=np.uint8)
     if self._numeric:
       features['tabular'] = tensor(shape=(len(self._numeric),),
                                    dtype=np.float32)
