@@ -224,14 +224,6 @@ def _folder_builder(data_dir, **overrides):
                     'audio_samples': 8000, **overrides}}))
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-  """`video_folder` in the builders `pipeline.get_builder` knows (the lead
-  registers it in mmfusion/data/__init__.py)."""
-  monkeypatch.setitem(pipeline.BUILDERS, 'video_folder',
-                      video_folder.VideoFolder)
-
-
 def _examples(builder):
   """{id: example + its split} over every split."""
   out = {}
@@ -603,3 +595,50 @@ def test_a_video_manifest_trains_end_to_end(media, data_dir, tmp_path):
   predicted = model.predict([{'video': clip, 'audio': ex['audio']}])
   np.testing.assert_allclose(predicted.probabilities[0], evaluated,
                              atol=1e-6)
+
+
+def test_video_folder_config_builds_a_model():
+  from mmfusion import build
+  from mmfusion import models
+  from mmfusion.configs import video_folder as config_lib
+  for arg, modalities in (('', ('video', 'audio')), ('video', ('video',)),
+                          ('audio,runlocal', ('audio',))):
+    config = config_lib.get_config(arg)
+    build.check_config(config)
+    assert config.data.modalities == modalities
+    assert config.data.overrides['with_audio'] == ('audio' in modalities)
+    model = models.from_config(config.model, num_outputs=5)
+    assert set(model.encoders) == set(modalities)
+  config = config_lib.get_config('csv=a.csv+b.csv,frames=8,size=32,seconds=2')
+  assert config.data.overrides['csv'] == ('a.csv', 'b.csv')
+  assert config.data.overrides['frames'] == 8
+  assert config.data.overrides['size'] == (32, 32)
+  assert config.data.overrides['audio_samples'] == 32_000
+  for bad in ('image', 'frames=many', 'clips=x'):
+    with pytest.raises(ValueError, match='config arg'):
+      config_lib.get_config(bad)
+
+
+@pytest.mark.slow  # a whole run of the loop on tiny clips
+def test_video_folder_config_trains_on_a_paths_csv(tmp_path, data_dir):
+  from mmfusion import train
+  from mmfusion.configs import video_folder as config_lib
+  clips = tmp_path / 'clips'
+  clips.mkdir()
+  rows = []
+  for i in range(12):
+    write_clip(clips / f'c{i}.mp4', tone_hz=300 + 200 * (i % 2))
+    rows.append((f'c{i}.mp4', 'ab'[i % 2],
+                 ('train', 'train', 'val', 'test')[i % 4]))
+  csv_path = _write_rows(tmp_path / 'clips.csv', rows,
+                         header=('path', 'label', 'split'))
+  config = config_lib.get_config(f'runlocal,csv={csv_path},folder={clips}')
+  config.data.data_dir = data_dir
+  config.data.overrides = {**config.data.overrides, 'frames': 4,
+                           'size': (16, 16), 'audio_samples': 8000}
+  config.batch_size, config.total_steps, config.num_devices = 2, 2, 1
+  config.eval_every = config.checkpoint_every = 2
+  config.optimizer.warmup_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['step'] == 2 and results['test']['examples'] == 3
+  assert np.isfinite(results['test']['loss'])
