@@ -221,3 +221,34 @@ def test_finetune_step_times_mmfusion_against_pytorch():
   assert float(cells[4].removesuffix('x')) == pytest.approx(
       full / torch_full, abs=0.01)
   assert frozen < full  # no backward pass through the encoder
+
+
+@pytest.mark.slow  # two worker processes
+def test_input_decode_reads_the_same_batches_with_worker_processes(tmp_path):
+  """Grain's worker processes need a dataset that pickles; they must give
+  the batches the loop's threads give, and every rate is measured."""
+  import grain
+  from absl import flags
+  from benchmarks import input_decode
+  from mmfusion.data import pipeline
+  from tests.helpers import tiny_config
+  config = tiny_config(str(tmp_path))
+  decoded, builder = input_decode.decode_rate(config.data, str(tmp_path / 'b'))
+  assert decoded > 0 and builder.is_prepared()
+
+  def batches(workers):
+    ds = pipeline.train_batches(
+        builder.as_data_source(split='train'), batch_size=16, seed=3,
+        modalities=config.data.modalities, in_memory_bytes=0)
+    if workers:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    it = iter(ds)
+    return [next(it) for _ in range(5)]
+
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
+    flags.FLAGS.mark_as_parsed()
+  for a, b in zip(batches(0), batches(2)):
+    assert sorted(a) == sorted(b)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert input_decode.read_rate(builder, config, 0, 3) > 0

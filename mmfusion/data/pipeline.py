@@ -173,6 +173,15 @@ def in_memory(source, modalities, max_bytes: int = IN_MEMORY_BYTES,
   return {k: np.concatenate([c[k] for c in chunks]) for k in first}
 
 
+@functools.lru_cache(maxsize=8)
+def _permutation(seed: int, n: int, epoch: int) -> np.ndarray:
+  """The order in which epoch `epoch` visits the n records, drawn from (seed,
+  epoch): vectorised, so batching costs microseconds, not a lookup per row.
+  Module-level, so a dataset that uses it pickles (Grain's worker processes).
+  """
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def train_batches(source, *, batch_size: int, seed: int, modalities,
                   process_index: int = 0, process_count: int = 1,
                   modality_dropout: dict | None = None,
@@ -192,10 +201,7 @@ def train_batches(source, *, batch_size: int, seed: int, modalities,
   Rows need not be in one epoch: a split smaller than a batch repeats in it.
   """
   n, local, global_ = len(source), batch_size, batch_size * process_count
-  # Epoch e visits the records in the order of a permutation drawn from
-  # (seed, e): vectorised, so batching costs microseconds, not a lookup per row.
-  permutation = functools.lru_cache(maxsize=4)(
-      lambda epoch: np.random.default_rng([seed, epoch]).permutation(n))
+  permutation = functools.partial(_permutation, seed, n)
 
   def records(b):  # record indices of this process's batch b
     pos_L = b * global_ + process_index * local + np.arange(local)
