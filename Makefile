@@ -67,6 +67,9 @@ REPORTS := experiments/reports
 ABLATE := $(PY) -m experiments.ablate --seeds=3
 DATA := $(if $(DATA_DIR),--config.data.data_dir=$(DATA_DIR))
 SEED := --config=mmfusion/configs/seed.py
+TUX_STEPS := --config.total_steps=300 --config.eval_every=150 \
+  --config.checkpoint_every=150
+TUX_FUSIONS := concat,gated,cross_attention,late_logits
 
 reports: $(VENV)/.reports tuxpaint
 	for variant in redundancy uniqueness_image uniqueness_text; do \
@@ -162,6 +165,40 @@ reports: $(VENV)/.reports tuxpaint
 	  text/minilm_frozen=$(REPORTS)/pretrained/text/minilm_frozen \
 	  image/cnn=$(REPORTS)/pretrained/image/cnn \
 	  image/efficientnet_lite0_frozen=$(REPORTS)/pretrained/image/efficientnet_lite0_frozen
+	# Tux Paint (issue 17): category classification across fusions, each
+	# modality alone, and retrieval, on the real stamps.
+	$(ABLATE) --config=mmfusion/configs/tuxpaint.py $(DATA) $(TUX_STEPS) \
+	  --sweep=model.fusion=$(TUX_FUSIONS) \
+	  --workdir=$(REPORTS)/tuxpaint/classification \
+	  --notes=$(REPORTS)/tuxpaint/classification/notes.md
+	for m in image text audio; do \
+	  $(ABLATE) --config=mmfusion/configs/tuxpaint.py:$$m $(DATA) $(TUX_STEPS) \
+	    --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/tuxpaint/classification/baselines/$$m || exit 1; \
+	done
+	for run in image_text:image+text audio_text:audio+text \
+	    image_audio:image+audio; do \
+	  $(ABLATE) --config=mmfusion/configs/tuxpaint.py:$${run#*:},task=retrieval \
+	    $(DATA) $(TUX_STEPS) --corruptions= --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/tuxpaint/retrieval/$${run%%:*} || exit 1; \
+	done
+	$(ABLATE) --config=mmfusion/configs/tuxpaint.py:pretrained=image+text,finetune=frozen \
+	  $(DATA) $(TUX_STEPS) --sweep=model.fusion=concat \
+	  --workdir=$(REPORTS)/tuxpaint/classification/pretrained_frozen
+	$(PY) -m experiments.report.combine \
+	  --out=$(REPORTS)/tuxpaint/summary.md \
+	  --title='Tux Paint: category from picture, caption and French speech' \
+	  fusions=$(REPORTS)/tuxpaint/classification \
+	  image=$(REPORTS)/tuxpaint/classification/baselines/image \
+	  text=$(REPORTS)/tuxpaint/classification/baselines/text \
+	  audio=$(REPORTS)/tuxpaint/classification/baselines/audio \
+	  pretrained_frozen=$(REPORTS)/tuxpaint/classification/pretrained_frozen
+	$(PY) -m experiments.report.combine --metric=recall@1 \
+	  --out=$(REPORTS)/tuxpaint/retrieval/summary.md \
+	  --title='Tux Paint retrieval (recall@1)' \
+	  image_text=$(REPORTS)/tuxpaint/retrieval/image_text \
+	  audio_text=$(REPORTS)/tuxpaint/retrieval/audio_text \
+	  image_audio=$(REPORTS)/tuxpaint/retrieval/image_audio
 
 # Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,
 # 160 MB): the human speech of av_digits' test_speech_shift split
