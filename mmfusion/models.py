@@ -6,7 +6,11 @@ The fusion registry entry decides the assembly:
   late          per-modality encoder -> per-modality head -> fusion of logits
 
 The head has the width the run's task asks for (`tasks`: classes, labels,
-targets or a projection), so `out_BxO` are logits for classification.
+targets or a projection), so `out_BxO` are logits for classification. A
+model built with `memory` has no head and returns what a text decoder
+attends to instead, (memory_BxMxD, valid_BxM): the fusion module's tokens
+(`memory='tokens'`, for a fusion that `yields_tokens`; early fusion: the
+shared encoder's tokens) or its pooled output as one token ('pooled').
 `aux` holds what a user of the trained model may want besides the outputs:
 `embedding/<m>` (each encoder's tokens, mean-pooled over the real ones), and
 `embedding/fused` (the fusion module's output, or for early fusion the shared
@@ -70,6 +74,7 @@ class MultimodalModel(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False  # recompute encoder activations in the backward pass
   kernels: kernels_lib.Kernels = kernels_lib.FLAX  # handed to every module
+  memory: str | None = None  # None: a head; 'tokens' | 'pooled': a memory
 
   def _encoder(self, cfg, name):
     opts = pretrained.module_options(cfg)
@@ -106,9 +111,18 @@ class MultimodalModel(nn.Module):
         found, int(cfg.get('lora_rank', pretrained.LORA_RANK))))
 
   def _fusion(self):
+    kwargs = dict(self.fusion_kwargs or {})
+    if self.memory == 'tokens':
+      kwargs['output'] = 'tokens'
     return fusion_lib.make_fusion(
-        self.fusion, module_name='fusion', **dict(self.fusion_kwargs or {}),
-        dtype=self.dtype, kernels=self.kernels)
+        self.fusion, module_name='fusion', **kwargs, dtype=self.dtype,
+        kernels=self.kernels)
+
+  def _memory(self, tokens_BxTxD, mask_BxT, pooled_BxD):
+    """(memory_BxMxD, valid_BxM) of `memory`: the tokens, or one token."""
+    if self.memory == 'tokens':
+      return tokens_BxTxD, mask_BxT
+    return pooled_BxD[:, None], jnp.ones(pooled_BxD.shape[:1] + (1,), bool)
 
   def _head(self, name):
     return heads.Head(self.num_outputs, self.head_hidden, self.dtype,
@@ -126,6 +140,8 @@ class MultimodalModel(nn.Module):
       tokens, mask = self._encode(
           self._encoder(self.early_encoder, 'encoder_early'), x, train)
       aux['embedding/fused'] = layers.masked_mean(tokens, mask)
+      if self.memory:
+        return self._memory(tokens, mask, aux['embedding/fused']), aux
       return self._head('head')(aux['embedding/fused']), aux
 
     encoded = {m: self._encode(self._encoder(self.encoders[m], f'encoder_{m}'),
@@ -137,7 +153,13 @@ class MultimodalModel(nn.Module):
       z_BxD = self._fusion()({m: t for m, (t, _) in encoded.items()},
                              {m: k for m, (_, k) in encoded.items()},
                              present, train=train)
+      if self.memory == 'tokens':
+        tokens, mask = z_BxD
+        aux['embedding/fused'] = layers.masked_mean(tokens, mask)
+        return (tokens, mask), aux
       aux['embedding/fused'] = z_BxD
+      if self.memory:
+        return self._memory(None, None, z_BxD), aux
       return self._head('head')(z_BxD), aux
 
     per_modality = {}
@@ -175,11 +197,11 @@ def check_config(model_config):
                               kernels_lib.CHOICES)
 
 
-def from_config(model_config, num_outputs: int,
-                modalities=None) -> MultimodalModel:
+def from_config(model_config, num_outputs: int, modalities=None,
+                memory: str | None = None) -> MultimodalModel:
   """The model that a checked `config.model` describes, with a head of
-  `num_outputs`, over `modalities` (default: every encoder's);
-  `model.kernels` is resolved here, once."""
+  `num_outputs` (or, with `memory`, a decoder's memory), over `modalities`
+  (default: every encoder's); `model.kernels` is resolved here, once."""
   encoders = {m: dict(c) for m, c in model_config.encoders.items()
               if modalities is None or m in modalities}
   return MultimodalModel(
@@ -191,4 +213,5 @@ def from_config(model_config, num_outputs: int,
       head_hidden=tuple(model_config.head_hidden),
       remat=bool(model_config.remat),
       dtype=DTYPES[model_config.dtype],
-      kernels=kernels_lib.resolve(model_config.kernels))
+      kernels=kernels_lib.resolve(model_config.kernels),
+      memory=memory)

@@ -158,9 +158,11 @@ def _training_error(e: RuntimeError, vocab_size: int,
 
 
 def train(texts: Sequence[str], vocab_size: int, model_type: str = 'unigram',
-          symbols: Sequence[str] = (), character_coverage: float = 1.0
+          symbols: Sequence[str] = (), character_coverage: float = 1.0,
+          hard_limit: bool = True, normalization: str = 'nmt_nfkc'
           ) -> SubwordTokenizer:
-  """A vocabulary of exactly `vocab_size` pieces learned from `texts`.
+  """A vocabulary of exactly `vocab_size` pieces learned from `texts`
+  (at most that many with `hard_limit=False`).
 
   Args:
     texts: the training split's strings (never validation or test ones).
@@ -170,6 +172,12 @@ def train(texts: Sequence[str], vocab_size: int, model_type: str = 'unigram',
     character_coverage: the share of characters covered; the rest are
       <unk>. 1.0 suits the small alphabets of captions; SentencePiece
       suggests 0.9995 for Chinese or Japanese.
+    hard_limit: False lets the vocabulary stop short of `vocab_size` where
+      the texts hold fewer pieces (small or repetitive corpora, such as a
+      synthetic dataset's captions or a test's few strings).
+    normalization: SentencePiece's rule: 'nmt_nfkc' (its default: NFKC
+      and whitespace folding, a 240 KB table in the model) or 'identity'
+      (the text as given, a model of a few KB, for generated texts).
   """
   texts, symbols = _as_list(texts), list(symbols)
   _check_options(texts, vocab_size, model_type, symbols, character_coverage)
@@ -179,7 +187,8 @@ def train(texts: Sequence[str], vocab_size: int, model_type: str = 'unigram',
         sentence_iterator=iter(texts), model_writer=buf,
         model_type=model_type, vocab_size=vocab_size,
         character_coverage=character_coverage,
-        user_defined_symbols=symbols,
+        user_defined_symbols=symbols, hard_vocab_limit=hard_limit,
+        normalization_rule_name=normalization,
         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
         num_threads=1, minloglevel=2)  # one thread: same bytes every time
   except RuntimeError as e:

@@ -7,7 +7,10 @@ Stages and call signatures (B batch, T_m tokens, D_m width, C classes):
                 present: {m: bool[B]}, *, train) -> [B, D_out].
   late          Module(logits: {m: [B, C]}, present: {m: bool[B]}, *, train)
                 -> [B, C] logits for a softmax cross-entropy.
-Modalities are always taken in sorted key order.
+Modalities are always taken in sorted key order. The intermediate modules
+with an `output` field (`yields_tokens`: concat, cross_attention,
+bottleneck, perceiver) give, with `output='tokens'`, their tokens
+([B, N, D], valid bool [B, N]) instead, for a text decoder to read.
 """
 
 import dataclasses
@@ -57,6 +60,13 @@ FUSIONS: dict[str, FusionSpec] = {
 def names_of(stage: str) -> list[str]:
   """The registered fusion names of one stage, in registry order."""
   return [name for name, spec in FUSIONS.items() if spec.stage == stage]
+
+
+def yields_tokens(name: str) -> bool:
+  """Whether fusion `name` can give tokens (`output='tokens'`); early fusion
+  does, through its shared encoder."""
+  spec = get_fusion(name)
+  return spec.stage == 'early' or 'output' in spec.module.__dataclass_fields__
 
 
 def get_fusion(name: str) -> FusionSpec:

@@ -39,12 +39,16 @@ class CrossAttention(nn.Module):
   concatenated, projected to D, passed through a self-attention block and
   mean-pooled; the M pooled targets are concatenated and projected to D.
 
+  With `output='tokens'`: the M targets' tokens after their self-attention
+  block and norm, concatenated ([B, sum T_m, D], valid), for a decoder.
+
   Missing: an absent source is masked out (its blocks become identity); an
   absent target's query tokens are a learned token, still attending the
   present sources.
   """
   features: int | None = None  # None: widest modality width
   num_layers: int = 1  # cross-modal blocks per (target, source) pair
+  output: str = 'pooled'  # or 'tokens'
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 * width
   dropout: float = 0.0
@@ -53,6 +57,7 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
+    common.check_output('cross_attention', self.output)
     cleaned = common.clean_tokens(tokens, masks, present, self.dtype)
     names = list(cleaned)
     common.need_two('cross_attention', names)
@@ -61,7 +66,7 @@ class CrossAttention(nn.Module):
         self.num_heads, self.mlp_dim or 4 * d, self.dropout, self.dtype,
         self.kernels, name=name)
     embedded = common.embed_tokens(cleaned, d, self.dtype)
-    pooled = []
+    pooled, targets = [], []
     for tgt in names:
       q_BxTxD, q_valid_BxT = embedded[tgt]
       p_B = common.present_of(present, tgt, q_BxTxD.shape[0])
@@ -82,7 +87,10 @@ class CrossAttention(nn.Module):
         h_BxTxD = nn.Dense(d, dtype=self.dtype, name=f'merge_{tgt}')(h_BxTxD)
       h_BxTxD = block(f'self_{tgt}')(h_BxTxD, q_valid_BxT, train=train)
       h_BxTxD = nn.LayerNorm(dtype=self.dtype, name=f'norm_{tgt}')(h_BxTxD)
+      targets.append((h_BxTxD, q_valid_BxT))
       pooled.append(layers.masked_mean(h_BxTxD, q_valid_BxT))
+    if self.output == 'tokens':
+      return common.concat_tokens(targets)
     return nn.Dense(d, dtype=self.dtype, name='out')(
         jnp.concatenate(pooled, axis=-1))
 
@@ -105,9 +113,13 @@ class Bottleneck(nn.Module):
   Missing: an absent modality's tokens are masked out, and it is left out of
   the bottleneck average and of the output mean (renormalised over present
   ones); with no modality present the bottleneck is kept and the output is 0.
+
+  With `output='tokens'`: every modality's layer-normed tokens, then the
+  final bottleneck tokens, concatenated ([B, sum T_m + N, D], valid).
   """
   features: int | None = None  # None: widest modality width
   num_layers: int = 2
+  output: str = 'pooled'  # or 'tokens'
   fusion_layer: int = 0  # first layer that uses the bottleneck
   n_bottlenecks: int = 4
   num_heads: int = 4
@@ -118,6 +130,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
+    common.check_output('bottleneck', self.output)
     if not 0 <= self.fusion_layer <= self.num_layers:
       raise errors.UserError(
           f'fusion \'bottleneck\': fusion_layer={self.fusion_layer} must be '
@@ -153,9 +166,12 @@ class Bottleneck(nn.Module):
         bott_BxNxD = jnp.where(jnp.any(p_BxM, axis=1)[:, None, None],
                                new_BxNxD, bott_BxNxD)
 
-    pooled = [layers.masked_mean(
-        nn.LayerNorm(dtype=self.dtype, name=f'norm_{m}')(x[m]), valid[m])
-              for m in names]
+    normed = {m: nn.LayerNorm(dtype=self.dtype, name=f'norm_{m}')(x[m])
+              for m in names}
+    if self.output == 'tokens':
+      return common.concat_tokens([(normed[m], valid[m]) for m in names] +
+                                  [(bott_BxNxD, n_ones_BxN)])
+    pooled = [layers.masked_mean(normed[m], valid[m]) for m in names]
     return common.present_mean(jnp.stack(pooled, axis=1), p_BxM)
 
 
@@ -170,9 +186,12 @@ class Perceiver(nn.Module):
   Missing: absent modalities' tokens are masked out of the cross-attention;
   with none present the latents skip it and the output depends on the learned
   latents only.
+
+  With `output='tokens'`: the N latents ([B, N, D], all valid).
   """
   features: int | None = None  # latent width; None: widest modality width
   num_latents: int = 8
+  output: str = 'pooled'  # or 'tokens'
   num_layers: int = 1  # latent self-attention blocks
   num_heads: int = 4
   mlp_dim: int | None = None  # None: 4 * width
@@ -182,6 +201,7 @@ class Perceiver(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
+    common.check_output('perceiver', self.output)
     cleaned = common.clean_tokens(tokens, masks, present, self.dtype)
     d = common.width(self.features, [x.shape[-1] for x, _ in cleaned.values()])
     block = lambda name: layers.Block(
@@ -206,4 +226,6 @@ class Perceiver(nn.Module):
     for i in range(self.num_layers):
       h_BxNxD = block(f'latent_{i}')(h_BxNxD, train=train)
     h_BxNxD = nn.LayerNorm(dtype=self.dtype, name='norm')(h_BxNxD)
+    if self.output == 'tokens':
+      return h_BxNxD, jnp.ones(h_BxNxD.shape[:2], jnp.bool_)
     return jnp.mean(h_BxNxD, axis=1)

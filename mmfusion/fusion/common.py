@@ -81,6 +81,23 @@ def choose_modality(method: str, field: str, value, names) -> str:
   return value
 
 
+OUTPUTS = ('pooled', 'tokens')
+
+
+def check_output(method: str, output: str):
+  """Fails in one sentence on an `output` the module cannot give."""
+  if output not in OUTPUTS:
+    raise errors.UserError(
+        f'fusion {method!r}: output={output!r} is not one of '
+        f'{", ".join(OUTPUTS)}.')
+
+
+def concat_tokens(pairs):
+  """([B, sum T, D], bool [B, sum T]) of (tokens, valid) pairs, in order."""
+  return (jnp.concatenate([x for x, _ in pairs], axis=1),
+          jnp.concatenate([v for _, v in pairs], axis=1))
+
+
 def need_two(method: str, names):
   if len(names) < 2:
     raise errors.UserError(

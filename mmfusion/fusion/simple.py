@@ -20,14 +20,32 @@ Dtype = Any
 class Concat(nn.Module):
   """Concatenation of pooled modality vectors in sorted order (+ Linear).
 
-  Missing: an absent modality's vector is a learned embedding (zero-init).
+  With `output='tokens'` (a text decoder's memory, as PaLI concatenates its
+  image and text tokens): the modalities' token sequences, each projected
+  to `features` (None: the widest width) with sin-cos positions and a
+  learned modality embedding, concatenated along the tokens in sorted
+  order: ([B, sum T_m, D], valid [B, sum T_m]).
+
+  Missing: an absent modality's vector is a learned embedding (zero-init);
+  its tokens are masked out.
   """
   features: int | None = None  # None: plain concatenation, no Linear
+  output: str = 'pooled'  # or 'tokens'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, masks, present, *, train: bool = False):
-    pooled = common.pool(common.clean_tokens(tokens, masks, present, self.dtype))
+    common.check_output('concat', self.output)
+    cleaned = common.clean_tokens(tokens, masks, present, self.dtype)
+    if self.output == 'tokens':
+      d = common.width(self.features, [x.shape[-1] for x, _ in cleaned.values()])
+      pairs = []
+      for m, (x_BxTxD, valid_BxT) in common.embed_tokens(
+          cleaned, d, self.dtype).items():
+        emb_D = self.param(f'modality_{m}', nn.initializers.normal(0.02), (d,))
+        pairs.append((x_BxTxD + emb_D.astype(self.dtype), valid_BxT))
+      return common.concat_tokens(pairs)
+    pooled = common.pool(cleaned)
     zs = []
     for m, z_BxD in pooled.items():
       p_B = common.present_of(present, m, z_BxD.shape[0])
