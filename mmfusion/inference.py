@@ -188,7 +188,7 @@ def unknown_keys(data: info_lib.DataInfo, keys) -> list[str]:
   """The keys (columns) of `keys` that are no input of the model."""
   targets = data.targets.get('target', {}).get('names', [])
   known = (set(data.modalities) | set(_columns(data)) | set(IGNORED) |
-           set(targets))
+           set(targets) | set(info_lib.TEXT_TARGETS) & set(data.targets))
   return [k for k in keys if k not in known]
 
 
@@ -262,6 +262,27 @@ def _input(value, shape, dtype, how: dict, root: str) -> np.ndarray:
   return _cast(x, shape, dtype)
 
 
+def _prompt(value, data: info_lib.DataInfo) -> np.ndarray:
+  """int32 [P] ids of a generation prompt (e.g. a language tag such as
+  '<fr>'), tokenized as the dataset's prompts were."""
+  length = data.targets['prompt']['length']
+  if _empty(value):
+    return np.zeros(length, np.int32)
+  if not isinstance(value, str):
+    raise BadExample(f'prompt {_shown(value)} is not text')
+  tok = data.text_tokenizer('prompt')
+  ids = tok.encode([value.strip()], length + 1)[0]
+  if ids[length]:
+    raise BadExample(f'prompt {value!r} is longer than the {length} tokens '
+                     f'the model was trained with')
+  unk = getattr(tok, 'unk_id', None)
+  if unk is not None and unk in ids:
+    raise BadExample(f'prompt {value!r} has a token the vocabulary lacks; '
+                     f'use a prompt of the training data (such as a '
+                     f'language tag it has)')
+  return ids[:length]
+
+
 def _shown(value) -> str:
   return f'{value!r}' if isinstance(value, (str, int, float)) else (
       '(array)')
@@ -293,6 +314,11 @@ def preprocess(data: info_lib.DataInfo, example: Mapping,
                       f'{m} {_shown(value)}: {e}')
     except manifest.MediaError as e:
       problems.append(f'{m} {_shown(value)}: {e}')
+  if 'prompt' in data.targets:
+    try:
+      out['prompt'] = _prompt(example.get('prompt'), data)
+    except BadExample as e:
+      problems.append(str(e))
   if problems:
     raise BadExample('; '.join(problems))
   return out
@@ -409,8 +435,9 @@ class Model:
 
   def input_spec(self, batch_size: int) -> dict:
     """{key: (shape, dtype)} of the batches `apply_batch` runs: each modality
-    and `present/<m>` (no target is needed)."""
-    return self.data.batch_spec(batch_size, targets=())
+    and `present/<m>`, and what else the task reads as an input (a
+    generation prompt); no target is needed."""
+    return self.data.batch_spec(batch_size, targets=self.task.model_inputs)
 
   def _checked(self, batch: Mapping) -> dict:
     """`batch` as numpy arrays of the model's inputs, `present/<m>` True

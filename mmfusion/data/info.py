@@ -19,8 +19,13 @@ FILE = 'data_info.json'
 
 # Target features a dataset may have, and their arrays in a batch: `label`
 # int32 [B] (a class id), `labels` float32 [B, C] (multi-hot), `target`
-# float32 [B, R] (continuous). The task of a run says which it reads.
-TARGETS = {'label': np.int32, 'labels': np.float32, 'target': np.float32}
+# float32 [B, R] (continuous), `caption` int32 [B, L] (token ids of a text
+# to generate: a caption, an answer; right-padded with 0, no BOS or EOS) and
+# `prompt` int32 [B, P] (token ids the generated text starts from, such as
+# a language tag). The task of a run says which it reads.
+TARGETS = {'label': np.int32, 'labels': np.float32, 'target': np.float32,
+           'caption': np.int32, 'prompt': np.int32}
+TEXT_TARGETS = ('caption', 'prompt')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,8 @@ class DataInfo:
   preprocessing: dict
   # target key (TARGETS) -> {'names': [...] (classes, labels or targets),
   # and what the train split says of it: 'mean'/'std' of each target,
-  # 'positives' of each label}.
+  # 'positives' of each label}; a text target (TEXT_TARGETS) ->
+  # {'length': L, 'tokenizer': its `preprocessing` entry}.
   targets: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -44,8 +50,15 @@ class DataInfo:
     return len(self.classes)
 
   def target_shape(self, key: str) -> tuple[int, ...]:
-    """Shape of one example's `key`: () for a label, (C,) or (R,) else."""
+    """Shape of one example's `key`: () for a label, (L,) for a text,
+    (C,) or (R,) else."""
+    if key in TEXT_TARGETS:
+      return (self.targets[key]['length'],)
     return () if key == 'label' else (len(self.targets[key]['names']),)
+
+  def text_tokenizer(self, key: str = 'caption'):
+    """The tokenizer of the text target `key` (encode / decode)."""
+    return tokenizer.of_preprocessing(self.targets[key]['tokenizer'])
 
   def batch_spec(self, batch_size: int, targets=('label',)) -> dict:
     """{key: (shape, dtype)} of a batch in the pipeline's contract, with the
@@ -101,12 +114,23 @@ def target_stats(builder, key: str) -> dict:
           'std': values_NxR.std(0).tolist()}
 
 
+def text_preprocessing(builder) -> dict:
+  """The `preprocessing` entry of the tokenizer `builder` wrote text with."""
+  return tokenizer.preprocessing(
+      getattr(builder.builder_config, 'text_tokenizer', 'bytes'),
+      builder.data_dir)
+
+
 def targets_of(builder, keys=()) -> dict:
   """The DataInfo `targets` of `builder`: names of every target it has; the
   train split's statistics of the `keys` a task needs them for."""
   features = builder.info.features
   named = getattr(builder, 'target_names', dict)()
   out = {}
+  for key in TEXT_TARGETS:
+    if key in features:
+      out[key] = {'length': int(features[key].shape[0]),
+                  'tokenizer': text_preprocessing(builder)}
   if 'label' in features:
     out['label'] = {'names': list(_class_names(features['label']))}
   for key in ('labels', 'target'):
@@ -135,8 +159,7 @@ def from_builder(builder, data_config, stats=()) -> DataInfo:
       preprocessing[m] = {'sample_rate': int(getattr(bconfig, 'sample_rate',
                                                      16_000))}
     elif m == 'text' and dtype.kind in 'iu':
-      preprocessing[m] = tokenizer.preprocessing(
-          getattr(bconfig, 'text_tokenizer', 'bytes'))
+      preprocessing[m] = text_preprocessing(builder)
     elif m == 'video' and len(shape) == 4:  # frames of a clip file
       preprocessing[m] = {'crop': getattr(bconfig, 'video_crop', 'center')}
     elif m == 'tabular' and hasattr(builder, 'numeric_columns'):

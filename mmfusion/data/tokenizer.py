@@ -6,6 +6,7 @@ small JSON file so a run and its evaluation share one vocabulary.
 Pure numpy; no JAX.
 """
 
+import base64
 import collections
 import functools
 import json
@@ -151,19 +152,38 @@ def load_tokenizer(path: str) -> ByteTokenizer | WordTokenizer:
 def for_text(name: str):
   """What a builder encodes text with: 'bytes' (`ByteTokenizer`), or a BERT
   checkpoint (a `pretrained.bert` name or folder) whose WordPiece ids a
-  pretrained text encoder reads. Both have `encode(texts, length)`."""
+  pretrained text encoder reads. Both have `encode(texts, length)`. A
+  'subword' vocabulary is trained by the builder that uses it
+  (`mmfusion.data.subword`), so it has no name here."""
   if name == 'bytes':
     return ByteTokenizer()
+  if name == 'subword':
+    raise errors.UserError(
+        "text_tokenizer='subword' is trained on a dataset's training split "
+        "when it is built; only builders with caption or question text "
+        "(av_digits/captions, av_digits/qa) offer it.")
   from mmfusion.data import wordpiece  # pylint: disable=g-import-not-at-top
   return wordpiece.from_checkpoint(name)
 
 
-def preprocessing(name: str) -> dict:
-  """How DataInfo records the tokenizer `for_text(name)` builds."""
-  return ({'tokenizer': 'bytes'} if name == 'bytes' else
-          {'tokenizer': 'wordpiece', 'checkpoint': name})
+def preprocessing(name: str, data_dir: str | None = None) -> dict:
+  """How DataInfo records the tokenizer a builder encoded text with:
+  `for_text(name)`, or for 'subword' the SentencePiece model the builder
+  trained into `data_dir` (its bytes, base64, so a workdir needs no data)."""
+  if name == 'bytes':
+    return {'tokenizer': 'bytes'}
+  if name == 'subword':
+    from mmfusion.data import subword  # pylint: disable=g-import-not-at-top
+    model = subword.load(os.path.join(data_dir or '', subword.MODEL_FILE)).model
+    return {'tokenizer': 'subword',
+            'model': base64.b64encode(model).decode('ascii')}
+  return {'tokenizer': 'wordpiece', 'checkpoint': name}
 
 
 def of_preprocessing(how: dict):
   """The tokenizer DataInfo's `preprocessing` entry names."""
+  if how.get('tokenizer') == 'subword':
+    from mmfusion.data import subword  # pylint: disable=g-import-not-at-top
+    return subword.SubwordTokenizer(base64.b64decode(how['model']),
+                                    source="the workdir's subword model")
   return for_text(how.get('checkpoint', 'bytes'))

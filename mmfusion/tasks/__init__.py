@@ -4,6 +4,7 @@
   multilabel      C labels per example: sigmoid cross-entropy on `labels`
   regression      R continuous targets: L1 or squared error on `target`
   contrastive     two towers aligned over the global batch (InfoNCE, SigLIP)
+  generation      text (`caption`) written by a decoder reading the fusion
 
 `config.task` holds the name and the task's options (its dataclass fields,
 `base.Task` for the contract): `--config.task.name=regression
@@ -17,6 +18,7 @@ from mmfusion.runtime import errors
 from mmfusion.tasks import base
 from mmfusion.tasks import classification
 from mmfusion.tasks import contrastive
+from mmfusion.tasks import generation
 from mmfusion.tasks import multilabel
 from mmfusion.tasks import regression
 
@@ -25,6 +27,7 @@ TASKS: dict[str, type[base.Task]] = {
     'multilabel': multilabel.Multilabel,
     'regression': regression.Regression,
     'contrastive': contrastive.Contrastive,
+    'generation': generation.Generation,
 }
 
 

@@ -64,6 +64,12 @@ class Task:
     return self.NAME
 
   @property
+  def model_inputs(self) -> tuple[str, ...]:
+    """Target-side keys the model reads to predict (a prompt), which
+    `predict` and `apply_batch` take as inputs."""
+    return ()
+
+  @property
   def stats(self) -> tuple[str, ...]:
     """Target keys whose train-split statistics the task needs."""
     return ()
