@@ -224,7 +224,9 @@ def run(config, *, data: info_lib.DataInfo | None = None) -> Run:
   if data is None:
     builder = pipeline.get_builder(config.data)
     pipeline.check_modalities(builder, config.data.modalities)
-    if task.stats:  # read off the train split
+    # Statistics are read off the train split, and a subword vocabulary is
+    # learned from it when the dataset is built.
+    if task.stats or info_lib.learns_vocabulary(builder):
       pipeline.prepare(builder)
     data = info_lib.from_builder(builder, config.data, stats=task.stats)
   mesh = sharding.make_mesh(config.num_devices)

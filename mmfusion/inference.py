@@ -271,15 +271,16 @@ def _prompt(value, data: info_lib.DataInfo) -> np.ndarray:
   if not isinstance(value, str):
     raise BadExample(f'prompt {_shown(value)} is not text')
   tok = data.text_tokenizer('prompt')
-  ids = tok.encode([value.strip()], length + 1)[0]
-  if ids[length]:
-    raise BadExample(f'prompt {value!r} is longer than the {length} tokens '
-                     f'the model was trained with')
+  ids = tok.encode([value.strip()], 4 * len(value) + length)[0]
   unk = getattr(tok, 'unk_id', None)
   if unk is not None and unk in ids:
     raise BadExample(f'prompt {value!r} has a token the vocabulary lacks; '
                      f'use a prompt of the training data (such as a '
                      f'language tag it has)')
+  if ids[length:].any():
+    raise BadExample(f'prompt {value!r} is longer than the {length} tokens '
+                     f'the model was trained with; use a prompt of the '
+                     f'training data (such as a language tag it has)')
   return ids[:length]
 
 

@@ -112,7 +112,7 @@ def get_config(arg: str = ''):
     config.optimizer.warmup_steps = 2
     config.batch_size = 8
     config.data.overrides = {
-        'num_train': 48, 'num_validation': 8, 'num_test': 8,
+        'num_train': 200, 'num_validation': 16, 'num_test': 16,
         'train_speakers': 2, 'eval_speakers': 1}
     config.task.width = 32
   return config

@@ -114,6 +114,12 @@ def target_stats(builder, key: str) -> dict:
           'std': values_NxR.std(0).tolist()}
 
 
+def learns_vocabulary(builder) -> bool:
+  """Whether `builder` trains its tokenizer when it is built (so DataInfo
+  can only be read off a built dataset)."""
+  return getattr(builder.builder_config, 'text_tokenizer', '') == 'subword'
+
+
 def text_preprocessing(builder) -> dict:
   """The `preprocessing` entry of the tokenizer `builder` wrote text with."""
   return tokenizer.preprocessing(

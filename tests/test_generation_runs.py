@@ -1,0 +1,109 @@
+"""Captioning and question answering train from their configs, evaluate by
+decoding, and a loaded model's `predict` writes the text evaluation wrote."""
+
+import jax
+import numpy as np
+import pytest
+
+import mmfusion
+from mmfusion import build, checkpoint, evaluate, train
+from mmfusion.configs import av_generation
+from mmfusion.data import av_digits
+from mmfusion.data import pipeline
+from mmfusion.runtime import errors
+from tests import helpers
+from tests.test_av_text import TINY, TINY_CAPTIONS
+
+RUN = {'num_devices': 1, 'total_steps': 2, 'eval_every': 2,
+       'checkpoint_every': 2, 'log_every': 1, 'optimizer.warmup_steps': 1,
+       'batch_size': 8, 'task.width': 16}
+
+
+def _config(arg, data_dir, overrides):
+  """The config of `arg`, its encoders shrunk, two steps on a tiny build."""
+  config = av_generation.get_config(arg)
+  config.data.data_dir = data_dir
+  config.data.overrides = dict(overrides)
+  for options in config.model.encoders.values():
+    options['features'] = 8
+    if 'channels' in options:
+      options['channels'] = (4,)
+  config.model.encoders.video.frame_options = {'channels': (4,), 'pool': True}
+  config.model.encoders.audio.n_mels = 8
+  config.update_from_flattened_dict(RUN)
+  return config
+
+
+@pytest.fixture(scope='module')
+def captions_run(tmp_path_factory, data_dir):
+  config = _config('captions', data_dir, TINY_CAPTIONS)
+  workdir = str(tmp_path_factory.mktemp('captions_run'))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _evaluated_texts(config, workdir, split):
+  """The texts evaluation decodes for `split` at the best checkpoint."""
+  run = build.run(config)
+  ckpt = checkpoint.Checkpointer(workdir, subdir='best')
+  state, _ = ckpt.restore(ckpt.latest_step(), run.sharded_abstract_state())
+  ckpt.close()
+  fn = jax.jit(evaluate.eval_fn(run.model, run.task, run.members))
+  source = run.builder.as_data_source(split=split)
+  out = evaluate.predictions(fn, state.params, source, config, run.mesh,
+                             run.task)[0]
+  return run.task.texts(out['tokens'], out['start']), source
+
+
+def test_captioning_trains_and_predict_writes_what_evaluation_decoded(
+    captions_run):
+  config, workdir = captions_run
+  results = helpers.read_metrics(workdir, 'test')[-1]
+  for key in ('cider_d', 'bleu4', 'exact_match', 'wer', 'loss',
+              'cider_d/video', 'exact_match/audio'):
+    assert key in results, key
+  texts, source = _evaluated_texts(config, workdir, 'test')
+  model = mmfusion.load(workdir)
+  tags = [model.data.text_tokenizer('prompt').decode(source[i]['prompt'][None])
+          [0] for i in range(len(source))]
+  assert set(tags) <= {f'<{lang}>' for lang in av_digits.WORDS}
+  examples = [{'video': source[i]['video'], 'audio': source[i]['audio'],
+               'prompt': tags[i], 'id': f'clip{i}'}
+              for i in range(len(source))]
+  out = model.predict(examples)
+  rows = out.rows()
+  assert [r['prediction'] for r in rows] == texts
+  assert rows[0]['id'] == 'clip0' and isinstance(rows[0]['prediction'], str)
+  assert out.embeddings['fused'].shape[0] == len(source)
+
+
+def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
+  model = mmfusion.load(captions_run[1])
+  example = {'video': np.zeros((9, 32, 32, 1), np.uint8),
+             'audio': np.zeros(36_000, np.float32), 'prompt': '<xx>'}
+  with pytest.raises(errors.UserError, match='has a token the vocabulary '
+                     'lacks'):
+    model.predict([example])
+  with pytest.raises(errors.UserError, match='no mean text'):
+    mmfusion.load(captions_run[1]).task.mean_outputs({})
+
+
+def test_question_answering_trains_on_seen_and_held_out_templates(
+    tmp_path, data_dir):
+  config = _config('qa', data_dir, TINY)
+  train.train_and_evaluate(config, str(tmp_path))
+  seen = helpers.read_metrics(str(tmp_path), 'test_seen')[-1]
+  held_out = helpers.read_metrics(str(tmp_path), 'test')[-1]
+  for results in (seen, held_out):
+    assert 0 <= results['exact_match'] <= 1
+    assert 'exact_match/audio+text' in results
+  builder = pipeline.get_builder(config.data)
+  assert len(builder.as_data_source(split='test')) == held_out['examples']
+
+
+def test_generation_on_a_dataset_without_text_fails_in_one_sentence(
+    tmp_path, data_dir):
+  config = helpers.tiny_config(data_dir)
+  config.task = {'name': 'generation'}
+  with pytest.raises(errors.UserError, match='has no `caption`'):
+    build.run(config)
