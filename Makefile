@@ -70,6 +70,9 @@ SEED := --config=mmfusion/configs/seed.py
 TUX_STEPS := --config.total_steps=300 --config.eval_every=150 \
   --config.checkpoint_every=150
 TUX_FUSIONS := concat,gated,cross_attention,late_logits
+GEN := --config=mmfusion/configs/av_generation.py
+GEN_STEPS := --config.total_steps=800 --config.eval_every=400 \
+  --config.checkpoint_every=400
 
 reports: $(VENV)/.reports tuxpaint
 	for variant in redundancy uniqueness_image uniqueness_text; do \
@@ -199,6 +202,36 @@ reports: $(VENV)/.reports tuxpaint
 	  image_text=$(REPORTS)/tuxpaint/retrieval/image_text \
 	  audio_text=$(REPORTS)/tuxpaint/retrieval/audio_text \
 	  image_audio=$(REPORTS)/tuxpaint/retrieval/image_audio
+	# Generation (issue 18): captioning and question answering on av_digits
+	# clips, three fusions and each stream (with the question) alone.
+	$(ABLATE) $(GEN):captions $(DATA) $(GEN_STEPS) --corruptions= \
+	  --sweep=model.fusion=concat,cross_attention,bottleneck \
+	  --workdir=$(REPORTS)/av_captions --notes=$(REPORTS)/av_captions/notes.md
+	for m in video audio; do \
+	  $(ABLATE) $(GEN):captions,modalities=$$m $(DATA) $(GEN_STEPS) \
+	    --corruptions= --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/av_captions/baselines/$$m || exit 1; \
+	done
+	$(ABLATE) $(GEN):qa $(DATA) $(GEN_STEPS) --corruptions= \
+	  --sweep=model.fusion=concat,cross_attention,bottleneck \
+	  --workdir=$(REPORTS)/av_qa --notes=$(REPORTS)/av_qa/notes.md
+	for m in text+video text+audio text; do \
+	  $(ABLATE) $(GEN):qa,modalities=$$m $(DATA) $(GEN_STEPS) \
+	    --corruptions= --sweep=model.fusion=concat \
+	    --workdir=$(REPORTS)/av_qa/baselines/$$m || exit 1; \
+	done
+	$(PY) -m experiments.report.combine --out=$(REPORTS)/av_captions/summary.md \
+	  --title='av_digits captions (CIDEr-D)' \
+	  fusions=$(REPORTS)/av_captions \
+	  video=$(REPORTS)/av_captions/baselines/video \
+	  audio=$(REPORTS)/av_captions/baselines/audio
+	$(PY) -m experiments.report.combine --metric=exact_match \
+	  --out=$(REPORTS)/av_qa/summary.md \
+	  --title='av_digits question answering (exact match)' \
+	  fusions=$(REPORTS)/av_qa \
+	  text+video=$(REPORTS)/av_qa/baselines/text+video \
+	  text+audio=$(REPORTS)/av_qa/baselines/text+audio \
+	  text=$(REPORTS)/av_qa/baselines/text
 
 # Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,
 # 160 MB): the human speech of av_digits' test_speech_shift split

@@ -1,12 +1,14 @@
 """Captioning and question answering train from their configs, evaluate by
 decoding, and a loaded model's `predict` writes the text evaluation wrote."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 import mmfusion
-from mmfusion import build, checkpoint, evaluate, train
+from mmfusion import build, checkpoint, evaluate, main, train
 from mmfusion.configs import av_generation
 from mmfusion.data import av_digits
 from mmfusion.data import pipeline
@@ -77,6 +79,16 @@ def test_captioning_trains_and_predict_writes_what_evaluation_decoded(
   assert out.embeddings['fused'].shape[0] == len(source)
 
 
+def test_decoding_on_the_eight_device_mesh_writes_the_one_device_texts(
+    captions_run):
+  config, workdir = captions_run
+  one, _ = _evaluated_texts(config, workdir, 'validation')
+  eight = config.copy_and_resolve_references()
+  eight.num_devices = 8
+  assert _evaluated_texts(eight, workdir, 'validation')[0] == one
+  assert len(jax.devices()) == 8
+
+
 def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
   model = mmfusion.load(captions_run[1])
   example = {'video': np.zeros((9, 32, 32, 1), np.uint8),
@@ -101,9 +113,27 @@ def test_question_answering_trains_on_seen_and_held_out_templates(
   assert len(builder.as_data_source(split='test')) == held_out['examples']
 
 
-def test_generation_on_a_dataset_without_text_fails_in_one_sentence(
-    tmp_path, data_dir):
-  config = helpers.tiny_config(data_dir)
-  config.task = {'name': 'generation'}
-  with pytest.raises(errors.UserError, match='has no `caption`'):
-    build.run(config)
+@pytest.mark.parametrize('setting,says', [
+    ('seed', 'has no `caption`'),  # a dataset with no text target
+    ('task.beam_size=0', 'task.beam_size=0 must be at least 1'),
+    ('task.max_length=2', 'task.max_length=2 is not longer than BOS'),
+    ('model.fusion=late_logits', 'a text decoder does not make'),
+])
+def test_bad_generation_settings_exit_2_in_one_sentence(
+    setting, says, tmp_path, data_dir, capsys):
+  if setting == 'seed':
+    config = helpers.tiny_config(data_dir)
+    config.task = {'name': 'generation'}
+    config.best_metric = 'cider_d'
+  else:
+    config = _config('captions', data_dir, TINY_CAPTIONS)
+    key, value = setting.split('=')
+    config.update_from_flattened_dict({key: int(value) if value.isdigit()
+                                       else value})
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(SystemExit) as e:
+    main.train(config, workdir)
+  err = capsys.readouterr().err.strip()
+  assert e.value.code == 2 and len(err.splitlines()) == 1, err
+  assert err.startswith('mmfusion: error: ') and says in err, err
+  assert not os.path.exists(workdir)
