@@ -71,7 +71,10 @@ def signature(model, exported) -> dict:
       'outputs': _described(outputs),
       'task': model.task.name,
       'classes': list(model.classes),
-      'targets': {k: v['names'] for k, v in model.data.targets.items()},
+      # names of classes, labels or targets; a text target's length and
+      # tokenizer (a subword model's bytes, base64), to read the tokens
+      'targets': {k: v['names'] if 'names' in v else v
+                  for k, v in model.data.targets.items()},
       'modalities': list(model.data.modalities),
       'preprocessing': model.data.preprocessing,
       'data': model.data.name,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmfusion
-from mmfusion import build, checkpoint, evaluate, main, train
+from mmfusion import build, checkpoint, evaluate, export, main, train
 from mmfusion.configs import av_generation
 from mmfusion.data import av_digits
 from mmfusion.data import pipeline
@@ -87,6 +87,23 @@ def test_decoding_on_the_eight_device_mesh_writes_the_one_device_texts(
   eight.num_devices = 8
   assert _evaluated_texts(eight, workdir, 'validation')[0] == one
   assert len(jax.devices()) == 8
+
+
+def test_the_exported_decoder_writes_the_tokens_at_any_batch_size(
+    captions_run):
+  """The StableHLO artifact decodes in one while_loop, batch-polymorphic."""
+  config, workdir = captions_run
+  model = mmfusion.load(workdir)
+  source = pipeline.get_builder(config.data).as_data_source(split='test')
+  batch = next(pipeline.eval_batches(source, batch_size=5,
+                                     modalities=config.data.modalities,
+                                     targets=('prompt',)))
+  batch = {k: v for k, v in batch.items() if k in model.input_spec(1)}
+  expected = model.apply_batch(batch)['tokens']
+  exported = jax.export.deserialize(export.export_model(model).serialize())
+  for n in (5, 3):
+    out = exported.call({k: v[:n] for k, v in batch.items()})
+    np.testing.assert_array_equal(out['tokens'], expected[:n])
 
 
 def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
