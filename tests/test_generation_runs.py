@@ -106,6 +106,19 @@ def test_the_exported_decoder_writes_the_tokens_at_any_batch_size(
     np.testing.assert_array_equal(out['tokens'], expected[:n])
 
 
+def test_scores_by_feature_add_up_to_the_runs_score(captions_run):
+  """experiments.report.by_feature: per language, and over all of them the
+  metric evaluation reported."""
+  from experiments.report import by_feature
+  config, workdir = captions_run
+  text = by_feature.table([('run', workdir)], 'language', 'test',
+                          'cider_d', ['audio+video'])
+  head, _, row = text.strip().splitlines()
+  assert '| en |' in head and '| fr |' in head
+  reported = helpers.read_metrics(workdir, 'test')[-1]['cider_d']
+  assert abs(float(row.split(' | ')[-1].rstrip(' |')) - reported) < 5e-4
+
+
 def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
   model = mmfusion.load(captions_run[1])
   example = {'video': np.zeros((9, 32, 32, 1), np.uint8),

@@ -492,6 +492,16 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features), supervised_keys=None)
 
+  def value_names(self) -> dict[str, list[str]]:
+    """Names of the values of the integer features that index a list."""
+    from mmfusion.data import av_text  # pylint: disable=g-import-not-at-top
+    names = {'voice': voice_names()}
+    if self.builder_config.kind == 'captions':
+      names['language'] = list(WORDS)
+    if self.builder_config.kind == 'qa':
+      names['question_type'] = list(av_text.QUESTION_TYPES)
+    return names
+
   def target_names(self) -> dict[str, tuple[str, ...]]:
     """Names of the multi-hot `labels` (video only): the English words."""
     if self.builder_config.kind == 'video':
