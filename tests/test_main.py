@@ -82,7 +82,8 @@ def test_every_command_line_tool_imports_into_one_process():
            'benchmarks.run', 'benchmarks.loss_curve', 'benchmarks.whole_runs',
            'benchmarks.op_profile', 'benchmarks.soak', 'benchmarks.manifest_scale',
            'benchmarks.finetune_step',
-           'mmfusion.predict', 'mmfusion.export']
+           'mmfusion.predict', 'mmfusion.export', 'experiments.report.combine',
+           'experiments.report.by_feature']
   code = ''.join(f'import {t}\n' for t in tools)
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
