@@ -14,6 +14,7 @@ from mmfusion.data import av_text
 from mmfusion.data import pipeline
 from mmfusion.data import subword
 from mmfusion.data import tokenizer
+from tests.test_av_digits import _arrays, _built
 
 TINY = {'num_train': 60, 'num_validation': 8, 'num_test': 12,
         'train_speakers': 2, 'eval_speakers': 1}
@@ -27,19 +28,6 @@ def _config(name, data_dir, **overrides):
   return ml_collections.ConfigDict({'name': f'av_digits/{name}',
                                     'data_dir': data_dir,
                                     'overrides': overrides})
-
-
-def _built(name, data_dir, **overrides):
-  builder = pipeline.get_builder(_config(name, data_dir, **overrides))
-  pipeline.prepare(builder)
-  return builder
-
-
-def _arrays(builder, split):
-  source = builder.as_data_source(split=split)
-  examples = [source[i] for i in range(len(source))]
-  return {k: np.stack([np.asarray(e[k]) for e in examples])
-          for k in examples[0]}
 
 
 def _shown(ex, i):
