@@ -71,6 +71,7 @@ TUX_STEPS := --config.total_steps=300 --config.eval_every=150 \
   --config.checkpoint_every=150
 TUX_FUSIONS := concat,gated,cross_attention,late_logits
 GEN := --config=mmfusion/configs/av_generation.py
+GEN_FUSIONS := concat cross_attention bottleneck
 GEN_STEPS := --config.total_steps=800 --config.eval_every=400 \
   --config.checkpoint_every=400
 
@@ -220,6 +221,17 @@ reports: $(VENV)/.reports tuxpaint
 	    --corruptions= --sweep=model.fusion=concat \
 	    --workdir=$(REPORTS)/av_qa/baselines/$$m || exit 1; \
 	done
+	for split in test test_seen; do \
+	  $(PY) -m experiments.report.by_feature --group_by=question_type \
+	    --eval_split=$$split --score=exact_match \
+	    --out=$(REPORTS)/av_qa/by_question_type_$$split.md \
+	    $(foreach f,$(GEN_FUSIONS),$(f)=$(REPORTS)/av_qa/cells/model.fusion=$(f)/seeds_0-2) \
+	    || exit 1; \
+	done
+	$(PY) -m experiments.report.by_feature --group_by=language \
+	  --eval_split=test --score=exact_match \
+	  --out=$(REPORTS)/av_captions/by_language.md \
+	  $(foreach f,$(GEN_FUSIONS),$(f)=$(REPORTS)/av_captions/cells/model.fusion=$(f)/seeds_0-2)
 	$(PY) -m experiments.report.combine --out=$(REPORTS)/av_captions/summary.md \
 	  --title='av_digits captions (CIDEr-D)' \
 	  fusions=$(REPORTS)/av_captions \

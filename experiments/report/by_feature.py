@@ -34,60 +34,59 @@ _SUBSETS = flags.DEFINE_list(
 _TITLE = flags.DEFINE_string('heading', '', 'The title of the table.')
 
 
-def texts_by_member(workdir: str, split: str, kept):
-  """[K][N] decoded texts of the split with `kept` modalities present, the
-  references [N], and the split's source."""
+def decoded(workdir: str, split: str, sets):
+  """{kept: [K][N] texts} of the split decoded by each member with the
+  modalities of each set in `sets` present, the references [N], the
+  builder and the split's source. Each member is loaded once."""
   import mmfusion  # pylint: disable=g-import-not-at-top
   from mmfusion import evaluate
   from mmfusion.data import pipeline
-  model = mmfusion.load(workdir, member=0)
-  config = model.config
+  first = mmfusion.load(workdir, member=0)
+  config, task = first.config, first.task
   builder = pipeline.get_builder(config.data)
   source = builder.as_data_source(split=split)
-  task = model.task
   refs = task.data.text_tokenizer().decode(
       np.stack([source[i]['caption'] for i in range(len(source))]))
-  members = []
+  batches = list(pipeline.eval_batches(
+      source, batch_size=config.batch_size,
+      modalities=config.data.modalities, targets=task.model_inputs))
+  texts = {kept: [] for kept in sets}
   for k in range(config.vmap.size):
-    model = mmfusion.load(workdir, member=k)
-    out = []
-    for batch in pipeline.eval_batches(
-        source, batch_size=config.batch_size,
-        modalities=config.data.modalities, targets=task.model_inputs):
-      batch = evaluate.only(batch, kept)
-      valid = batch.pop('valid').astype(bool)
-      got = model.apply_batch({k2: v for k2, v in batch.items()
-                               if k2 in model.input_spec(1)})
-      out += [t for t, v in zip(task.texts(got['tokens'], got['start']),
-                                valid) if v]
-    members.append(out)
-  return members, refs, builder, source
+    model = first if k == 0 else mmfusion.load(workdir, member=k)
+    keys = model.input_spec(1)
+    for kept in sets:
+      out = []
+      for batch in batches:
+        batch = evaluate.only(batch, kept)
+        got = model.apply_batch({n: v for n, v in batch.items() if n in keys})
+        out += [t for t, v in zip(task.texts(got['tokens'], got['start']),
+                                  batch['valid'].astype(bool)) if v]
+      texts[kept].append(out)
+  return texts, refs, builder, source
 
 
 def table(runs, feature: str, split: str, metric: str, subsets) -> str:
   """Markdown: one row per (run, subset), one column per feature value."""
-  from mmfusion.tasks import text_metrics  # pylint: disable=g-import-not-at-top
+  import mmfusion  # pylint: disable=g-import-not-at-top
+  from mmfusion.tasks import text_metrics
   score = getattr(text_metrics, metric)
   header, lines = None, []
   for name, workdir in runs:
-    import mmfusion  # pylint: disable=g-import-not-at-top
     modalities = mmfusion.load(workdir, member=0).config.data.modalities
-    sets = subsets or _default_sets(modalities)
+    sets = [tuple(s.split('+')) for s in subsets] or _default_sets(modalities)
+    texts, refs, builder, source = decoded(workdir, split, sets)
+    values = np.asarray([int(source[i][feature]) for i in range(len(source))])
+    names = getattr(builder, 'value_names', dict)().get(feature)
+    groups = sorted(set(values.tolist()))
+    if header is None:
+      header = [names[g] if names else str(g) for g in groups]
     for kept in sets:
-      kept = tuple(kept.split('+')) if isinstance(kept, str) else kept
-      members, refs, builder, source = texts_by_member(workdir, split, kept)
-      values = np.asarray([int(source[i][feature])
-                           for i in range(len(source))])
-      names = getattr(builder, 'value_names', dict)().get(feature)
-      groups = sorted(set(values.tolist()))
-      if header is None:
-        header = [names[g] if names else str(g) for g in groups]
       cells = []
       for g in groups + [None]:
         pick = np.ones(len(values), bool) if g is None else values == g
-        per_member = [score([t for t, p in zip(texts, pick) if p],
+        per_member = [score([t for t, p in zip(member, pick) if p],
                             [r for r, p in zip(refs, pick) if p])
-                      for texts in members]
+                      for member in texts[kept]]
         mean, ci, n = stats.mean_ci(per_member)
         cells.append(f'{mean:.3f} ± {ci:.3f}' if n > 1 else f'{mean:.3f}')
       lines.append(f'| {name} | {"+".join(kept)} | ' + ' | '.join(cells) +
