@@ -233,7 +233,7 @@ reports: $(VENV)/.reports tuxpaint
 	  --out=$(REPORTS)/av_captions/by_language.md \
 	  $(foreach f,$(GEN_FUSIONS),$(f)=$(REPORTS)/av_captions/cells/model.fusion=$(f)/seeds_0-2)
 	$(PY) -m experiments.report.combine --out=$(REPORTS)/av_captions/summary.md \
-	  --title='av_digits captions (CIDEr-D)' \
+	  --title='av_digits captions (CIDEr-D)' --metric=cider_d \
 	  fusions=$(REPORTS)/av_captions \
 	  video=$(REPORTS)/av_captions/baselines/video \
 	  audio=$(REPORTS)/av_captions/baselines/audio
