@@ -266,6 +266,11 @@ class Generation(base.Task):
     return self.data.text_tokenizer().vocab_size + 2
 
   @property
+  def num_outputs(self) -> int:
+    """The decoder's output width: its vocabulary."""
+    return self.vocab_size
+
+  @property
   def bos_id(self) -> int:
     return self.vocab_size - 2
 
