@@ -164,9 +164,13 @@ def _make_reports_commands(tmp_path):
 
 
 def _key_flags(argv):
-  """The flags that shape the results: no paths of outputs, notes, data."""
-  skip = ('--workdir=', '--notes=', '--config.data.data_dir=')
-  return sorted(a for a in argv if not a.startswith(skip))
+  """The flags that shape the results: no paths of outputs, notes, data;
+  `--seeds` as the value that takes effect (the last given, or the
+  flag's default)."""
+  skip = ('--workdir=', '--notes=', '--config.data.data_dir=', '--seeds=')
+  seeds = [a for a in argv if a.startswith('--seeds=')]
+  seeds = seeds[-1] if seeds else f'--seeds={ablate._SEEDS.default}'
+  return sorted([a for a in argv if not a.startswith(skip)] + [seeds])
 
 
 def test_make_reports_reruns_every_committed_report(tmp_path):
