@@ -457,6 +457,10 @@ class Model:
     n = len(batch[self.data.modalities[0]])
     out = {}
     for key, (shape, dtype) in spec.items():
+      if key not in batch and not key.startswith('present/'):
+        raise errors.UserError(
+            f'the batch has no {key!r}, but the model takes it as '
+            f'{dtype}{["B", *shape[1:]]}; pass it.')
       x = np.asarray(batch.get(key, np.ones(n, np.bool_)))
       if x.shape != (n,) + shape[1:] or not np.can_cast(x.dtype, dtype,
                                                          'same_kind'):

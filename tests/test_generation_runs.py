@@ -126,6 +126,10 @@ def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
   with pytest.raises(errors.UserError, match='has a token the vocabulary '
                      'lacks'):
     model.predict([example])
+  batch = {'video': example['video'][None], 'audio': example['audio'][None]}
+  with pytest.raises(errors.UserError, match="has no 'prompt', but the model "
+                     r"takes it as int32\['B', \d+\]; pass it"):
+    model.apply_batch(batch)
   with pytest.raises(errors.UserError, match='no mean text'):
     mmfusion.load(captions_run[1]).task.mean_outputs({})
 
