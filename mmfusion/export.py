@@ -10,7 +10,7 @@ writes a new directory DIR with
                     class names, preprocessing, checkpoint and platforms
 
 The model is exported with `kernels='flax'` (stock ops, every backend).
-Its inputs are the arrays `mmfusion.inference.preprocess` makes: one per
+Its inputs are the arrays `mmfusion.data.examples.preprocess` makes: one per
 modality and `present/<m>` (bool [b]); its outputs `probabilities` [b, C]
 (a classification's; the run's task decides) and the embeddings, as
 `Model.apply_batch` gives them. Reloading needs JAX

@@ -10,7 +10,7 @@ The input is a manifest (see mmfusion/data/manifest.py) whose rows need no
 `label` or `split`: `id`, `image` and `audio` paths (relative to the input's
 folder), `text`, the number columns the model was trained on; an empty cell
 leaves that modality out. Rows are read and checked as the `manifest`
-builder does and preprocessed as training did (`mmfusion.inference`).
+builder does and preprocessed as training did (`mmfusion.data.examples`).
 
 The output has one JSON line per row, in input order, as the run's task
 writes it: classification {"id", "prediction", "probabilities": {class
@@ -67,16 +67,16 @@ def report_path(out: str) -> str:
 def read_input(path: str, data):
   """[(line, id, row)] of the input file; one sentence for a column that is
   no input of the model."""
-  from mmfusion import inference  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import examples  # pylint: disable=g-import-not-at-top
   from mmfusion.data import manifest  # pylint: disable=g-import-not-at-top
   from mmfusion.runtime import errors  # pylint: disable=g-import-not-at-top
   columns, rows = manifest.read_rows(os.path.abspath(path),
                                      require_label=False)
-  unknown = inference.unknown_keys(data, columns)
+  unknown = examples.unknown_keys(data, columns)
   if unknown:
     raise errors.UserError(
         f'the --input {path!r} has column(s) {", ".join(unknown)}, which the '
-        f'model was not trained on (it takes {inference.inputs(data)}); drop '
+        f'model was not trained on (it takes {examples.inputs(data)}); drop '
         f'or rename them.')
   return [(line, str(row.get('id') or '').strip() or str(line), row)
           for line, row in rows]
@@ -84,10 +84,10 @@ def read_input(path: str, data):
 
 def _example(model, row, root: str) -> dict:
   """The preprocessed example of one row; BadExample lists its problems."""
-  from mmfusion import inference  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import examples  # pylint: disable=g-import-not-at-top
   if '__error__' in row:  # a JSONL line that is no JSON object
-    raise inference.BadExample(row['__error__'])
-  return inference.preprocess(model.data, row, root)
+    raise examples.BadExample(row['__error__'])
+  return examples.preprocess(model.data, row, root)
 
 
 def predict_rows(model, rows, root: str, skip: bool, tally=None):
@@ -97,7 +97,7 @@ def predict_rows(model, rows, root: str, skip: bool, tally=None):
   `skip`, prediction stops at the first bad row but checking goes on, so
   the error can name every bad row.
   """
-  from mmfusion import inference  # pylint: disable=g-import-not-at-top
+  from mmfusion.data import examples  # pylint: disable=g-import-not-at-top
   bad, outputs, ids, seen = [], [], [], {}
   for start in range(0, len(rows), CHUNK):
     good = []
@@ -107,7 +107,7 @@ def predict_rows(model, rows, root: str, skip: bool, tally=None):
       seen.setdefault(ident, line)
       try:
         example = _example(model, row, root)
-      except inference.BadExample as e:
+      except examples.BadExample as e:
         problems.insert(0, str(e))
       if problems:
         bad.append((line, ident, '; '.join(problems)))
@@ -115,7 +115,7 @@ def predict_rows(model, rows, root: str, skip: bool, tally=None):
         good.append((ident, example))
     if good and (skip or not bad):
       ids += [ident for ident, _ in good]
-      outputs.append(model.apply_batch(inference.collate(
+      outputs.append(model.apply_batch(examples.collate(
           [example for _, example in good])))
     if tally:
       tally.update(min(start + CHUNK, len(rows)))

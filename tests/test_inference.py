@@ -18,6 +18,7 @@ import mmfusion
 from mmfusion import build, checkpoint, evaluate, export, inference, predict
 from mmfusion import train
 from mmfusion.configs import av_digits, seed
+from mmfusion.data import examples
 from mmfusion.data import info as info_lib
 from mmfusion.data import pipeline
 from mmfusion.nn import kernels
@@ -155,7 +156,7 @@ def test_a_left_out_modality_is_absent(manifest_run, ensemble):
   partial = [{**r, 'audio': ''} for r in rows[:2]] + [
       {k: v for k, v in r.items() if k != 'audio'} for r in rows[2:]]
   got = ensemble.predict(partial, root=str(root))
-  batch = inference.preprocess_all(ensemble.data, rows, str(root))
+  batch = examples.preprocess_all(ensemble.data, rows, str(root))
   batch['present/audio'][:] = False
   want = ensemble.apply_batch(batch)
   np.testing.assert_allclose(got.probabilities, want['probabilities'],
@@ -180,14 +181,14 @@ def test_raw_rows_become_the_builders_arrays(manifest_run):
                    'audio': ex['audio'][:900], 'age': None,
                    'tabular': [float(row['age'])]}
     for raw in (row, from_arrays):
-      got = inference.preprocess(data, raw, str(root))
+      got = examples.preprocess(data, raw, str(root))
       for m in data.modalities:
         np.testing.assert_array_equal(got[m], ex[m], err_msg=m)
         assert got[f'present/{m}']
   rows = [dict(by_id['ex0'], image='nowhere.npy'), by_id['ex1'],
           dict(by_id['ex2'], age='old', video='v.npy')]
   with pytest.raises(errors.UserError) as e:
-    inference.preprocess_all(data, rows, str(root))
+    examples.preprocess_all(data, rows, str(root))
   message = str(e.value)
   assert message.startswith('2 of the 3 examples cannot be read: example 0 (')
   for why in ("image 'nowhere.npy': file not found", "'video' is not an "
