@@ -74,6 +74,8 @@ GEN := --config=mmfusion/configs/av_generation.py
 GEN_FUSIONS := concat cross_attention bottleneck
 GEN_STEPS := --config.total_steps=800 --config.eval_every=400 \
   --config.checkpoint_every=400
+GEN_LONG := --config.total_steps=2400 --config.eval_every=800 \
+  --config.checkpoint_every=800
 
 reports: $(VENV)/.reports tuxpaint
 	for variant in redundancy uniqueness_image uniqueness_text; do \
@@ -244,6 +246,23 @@ reports: $(VENV)/.reports tuxpaint
 	  text+video=$(REPORTS)/av_qa/baselines/text+video \
 	  text+audio=$(REPORTS)/av_qa/baselines/text+audio \
 	  text=$(REPORTS)/av_qa/baselines/text
+	# Three times the schedule: how far the 800-step runs were from done.
+	$(ABLATE) $(GEN):qa $(DATA) $(GEN_LONG) --corruptions= \
+	  --sweep=model.fusion=concat --workdir=$(REPORTS)/av_qa/checks/long \
+	  --notes=$(REPORTS)/av_qa/checks/long/notes.md
+	for split in test test_seen; do \
+	  $(PY) -m experiments.report.by_feature --group_by=question_type \
+	    --eval_split=$$split --score=exact_match \
+	    --out=$(REPORTS)/av_qa/checks/long/by_question_type_$$split.md \
+	    concat=$(REPORTS)/av_qa/checks/long/cells/model.fusion=concat/seeds_0-2 \
+	    || exit 1; \
+	done
+	$(ABLATE) $(GEN):captions $(DATA) $(GEN_LONG) --corruptions= \
+	  --sweep=model.fusion=concat --workdir=$(REPORTS)/av_captions/checks/long \
+	  --notes=$(REPORTS)/av_captions/checks/long/notes.md
+	$(ABLATE) $(GEN):captions,modalities=audio $(DATA) $(GEN_LONG) \
+	  --corruptions= --sweep=model.fusion=concat \
+	  --workdir=$(REPORTS)/av_captions/checks/long/baselines/audio
 
 # Tux Paint's stamps (Debian's tuxpaint-stamps-default 2022.06.04, GPL-2,
 # 160 MB): the human speech of av_digits' test_speech_shift split
