@@ -140,14 +140,6 @@ def test_the_model_decodes_what_its_teacher_forced_logits_say(
   assert np.isfinite(float(loss)) and 0 <= metrics['next_token_accuracy'] <= 1
 
 
-def test_output_width_is_the_vocabulary_with_bos_and_eos():
-  """What `mmfusion.cost` and the export signature read as O."""
-  task = _task()
-  width = task.data.text_tokenizer().vocab_size + 2
-  assert task.num_outputs == task.vocab_size == width
-  assert (task.bos_id, task.eos_id) == (width - 2, width - 1)
-
-
 def test_scores_and_rows_read_the_text_after_the_prompt():
   task = _task()
   v = task.bos_id

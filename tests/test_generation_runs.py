@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmfusion
-from mmfusion import build, checkpoint, evaluate, export, main, train
+from mmfusion import build, checkpoint, cost, evaluate, export, main, train
 from mmfusion.configs import av_generation
 from mmfusion.data import av_digits
 from mmfusion.data import pipeline
@@ -117,6 +117,18 @@ def test_scores_by_feature_add_up_to_the_runs_score(captions_run):
   assert '| en |' in head and '| fr |' in head
   reported = helpers.read_metrics(workdir, 'test')[-1]['cider_d']
   assert abs(float(row.split(' | ')[-1].rstrip(' |')) - reported) < 5e-4
+
+
+def test_a_generation_config_is_costed_with_its_decoder(captions_run):
+  """`mmfusion.cost` reads the decoder's width (the vocabulary with BOS and
+  EOS) and compiles the teacher-forced train step."""
+  config, _ = captions_run
+  report = cost.report(config, batch_size=4)
+  width = build.run(config).data.text_tokenizer().vocab_size + 2
+  assert report['task'] == 'generation' and report['metric'] == 'cider_d'
+  assert report['num_outputs'] == width
+  assert report['params']['decoder'] > 0
+  assert report['train_step']['flops'] > 0 and report['forward']['flops'] > 0
 
 
 def test_a_prompt_the_vocabulary_lacks_is_one_sentence(captions_run):
